@@ -1,0 +1,1 @@
+"""Geometry: rotation and Fourier conventions, projection, CTF, FSC, masks (torch, batched)."""

@@ -1,0 +1,1 @@
+"""The job protocol, run directories and atomic writes."""
