@@ -75,10 +75,11 @@ def matrix_to_relion_euler(R: np.ndarray) -> np.ndarray:
     regular = sb > 16 * np.finfo(np.float32).eps
     rot = np.where(regular, np.arctan2(R[..., 2, 1], R[..., 2, 0]), 0.0)
     tilt = np.arctan2(sb, R[..., 2, 2])
+    # gimbal lock (tilt 0 or 180): rot is set to 0 and psi carries the in-plane angle
     psi = np.where(
         regular,
         np.arctan2(R[..., 1, 2], -R[..., 0, 2]),
-        np.arctan2(-R[..., 1, 0], R[..., 0, 0]) * np.sign(R[..., 2, 2] + (R[..., 2, 2] == 0)),
+        np.where(R[..., 2, 2] > 0, np.arctan2(-R[..., 1, 0], R[..., 0, 0]), np.arctan2(R[..., 1, 0], -R[..., 0, 0])),
     )
     out[..., 0], out[..., 1], out[..., 2] = rot, tilt, psi
     return np.rad2deg(out)

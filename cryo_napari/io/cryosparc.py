@@ -25,8 +25,8 @@ def read_cs(path) -> np.ndarray:
         raise InputError(path, "file not found")
     try:
         data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputError(path, f"not a cryoSPARC .cs file ({exc})") from None
+    except Exception:
+        raise InputError(path, "not a cryoSPARC .cs file (not a numpy structured array)") from None
     if not isinstance(data, np.ndarray) or data.dtype.names is None:
         raise InputError(path, "not a cryoSPARC .cs file (no named fields)")
     return data

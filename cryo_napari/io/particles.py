@@ -160,8 +160,8 @@ def load_star(path, datadir=None, with_images=True) -> ParticleData:
         dfv = dfu if dfv is None else dfv
         ang = col("rlnDefocusAngle")
         kv, cs, w = col("rlnVoltage"), col("rlnSphericalAberration"), col("rlnAmplitudeContrast")
-        if w is None:  # RELION's own default amplitude contrast
-            w = np.full(n, 0.1)
+        if w is None:  # RELION's CTF reader uses Q0 = 0 when the column is absent
+            w = np.zeros(n)
         for name, v in (("rlnVoltage", kv), ("rlnSphericalAberration", cs)):
             if v is None:
                 raise InputError(path, f"CTF given but {name} is missing")

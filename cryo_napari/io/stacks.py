@@ -81,8 +81,13 @@ class ImageSource:
     def from_stack(cls, path) -> "ImageSource":
         """All images of one ``.mrcs`` stack, or of every stack listed in a ``.txt`` file."""
         path = Path(path)
-        if path.suffix == ".txt":
-            names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        if not path.exists():
+            raise InputError(path, "file not found")
+        if path.suffix.lower() == ".txt":
+            try:
+                names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+            except (UnicodeDecodeError, OSError):
+                raise InputError(path, "not a text list of stack files") from None
             if not names:
                 raise InputError(path, "empty list of stacks")
             files = [resolve_stack_path(n, path.parent, None, path) for n in names]
@@ -90,7 +95,10 @@ class ImageSource:
             files = [path]
         fi, ii = [], []
         for k, f in enumerate(files):
-            n = read_header(f)["shape"][0]
+            h = read_header(f)
+            if not h["is_stack"] and h["shape"][0] > 1:
+                raise InputError(f, f"is a {h['shape'][2]}³ volume, not a stack of images (name it .mrcs if it is a stack)")
+            n = h["shape"][0]
             fi.append(np.full(n, k))
             ii.append(np.arange(n))
         return cls(files, np.concatenate(fi), np.concatenate(ii), metadata=path)

@@ -81,7 +81,7 @@ def write_star(path, particles: pd.DataFrame, optics: pd.DataFrame | None) -> Pa
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            starfile.write(blocks, tmp, overwrite=True)
+            starfile.write(blocks, tmp, overwrite=True, na_rep="0")  # RELION cannot read <NA>
     return path
 
 
