@@ -25,11 +25,19 @@ def add_args(p):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def main(args):
+def make_job(args):
+    """The job (generator) for these arguments; the CLI and the napari dock both run it."""
     pdata = load_particles_from_args(args, require_poses=True)
     if args.first:
         pdata = pdata.subset(np.arange(min(args.first, len(pdata))))
-    res = run_in_terminal(backproject_job(pdata, args.outdir, args.batch, args.uninvert, args.flip,
-                                          not args.no_ctf, args.device), desc="backproject")
-    print(f"{len(pdata)} particles → {res['map']}  FSC=0.143 at {res['res_0143']:.2f} Å, 0.5 at {res['res_05']:.2f} Å")
+    res = yield from backproject_job(pdata, args.outdir, args.batch, args.uninvert, args.flip,
+                                     not args.no_ctf, args.device)
+    res["n"] = len(pdata)
+    return res
+
+
+def main(args):
+    res = run_in_terminal(make_job(args), desc="backproject")
+    pdata = res
+    print(f"{pdata['n']} particles → {res['map']}  FSC=0.143 at {res['res_0143']:.2f} Å, 0.5 at {res['res_05']:.2f} Å")
     return 0
