@@ -104,3 +104,14 @@ def test_downsample_stack_and_star(tmp_path):
 def test_demo_runs(tmp_path):
     assert cli(["demo", "-o", str(tmp_path / "d"), "-n", "400", "-D", "16"]) == 0
     assert (tmp_path / "d" / "report.json").exists()
+
+
+def test_simulate_from_atomic_model_with_a_chain_removed(tmp_path, fixtures_dir):
+    out = tmp_path / "m"
+    assert cli(["simulate", "--model", str(fixtures_dir / "models" / "4E43.pdb"), "-D", "32", "--apix", "2",
+                "--remove-chains", "C", "-n", "40", "-o", str(out)]) == 0
+    truth = np.load(out / "ground_truth.npz")
+    full, no_c = truth["maps"]
+    assert full.sum() > no_c.sum() > 0.9 * full.sum()  # chain C is a small peptide
+    assert cli(["simulate", "--model", str(fixtures_dir / "models" / "4E43.pdb"), "-D", "32", "--apix", "2",
+                "--remove-chains", "Z", "-n", "4", "-o", str(tmp_path / "bad")]) == 2

@@ -19,7 +19,8 @@ from cryo_napari.errors import InputError
 from cryo_napari.geometry.fourier import fourier_crop_3d
 from cryo_napari.io.mrc import read_mrc, write_mrc
 from cryo_napari.simulate.heterogeneity import discrete_states, domain_motion_series, synthetic_map
-from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
+from cryo_napari.jobs.protocol import run_in_terminal
+from cryo_napari.simulate.particles import SimulationParams, simulate_job
 
 
 def add_args(p):
@@ -33,6 +34,9 @@ def add_args(p):
     p.add_argument("--frames", type=int, default=20, help="frames of the domain-motion trajectory")
     p.add_argument("--max-angle", type=float, default=15.0, help="domain swing in degrees (domain-motion)")
     p.add_argument("--synthetic", type=int, metavar="D", help="use a synthetic chiral map of box D")
+    p.add_argument("--model", help="atomic model (.pdb/.cif): maps from Gaussian atoms (needs -D and --apix)")
+    p.add_argument("--remove-chains", nargs="+", default=[], metavar="CHAIN",
+                   help="with --model: add one state per chain with that chain removed (compositional)")
     p.add_argument("--defocus", type=float, nargs=2, default=(1.0, 3.0), metavar=("MIN", "MAX"), help="µm")
     p.add_argument("--shift-sigma", type=float, default=2.0, help="origin shift s.d. in pixels")
     p.add_argument("--scale-sigma", type=float, default=0.0, help="per-particle scale s.d. (0: all 1)")
@@ -41,6 +45,17 @@ def add_args(p):
 
 
 def load_maps(args) -> tuple[np.ndarray, float]:
+    if args.model:
+        from cryo_napari.simulate.atoms import chain_maps, read_model_atoms
+
+        if not (args.box and args.apix):
+            raise InputError(args.model, "--model needs -D (box) and --apix")
+        cm = chain_maps(read_model_atoms(args.model), args.box, args.apix)
+        missing = [c for c in args.remove_chains if c not in cm]
+        if missing:
+            raise InputError(args.model, f"no chain(s) {', '.join(missing)} (chains: {', '.join(cm)})")
+        full = sum(cm.values())
+        return np.stack([full] + [full - cm[c] for c in args.remove_chains]).astype(np.float32), args.apix
     if args.synthetic:
         return synthetic_map(args.synthetic, seed=args.seed)[None], args.apix or 3.0
     if not args.maps:
@@ -69,7 +84,8 @@ def load_maps(args) -> tuple[np.ndarray, float]:
     return maps, args.apix or apix
 
 
-def main(args):
+def make_job(args):
+    """The simulation job for these arguments (CLI and napari dock)."""
     maps, apix = load_maps(args)
     if maps.shape[-1] % 2:
         raise InputError(args.maps[0] if args.maps else None, f"box {maps.shape[-1]} is odd; use -D to crop to an even box")
@@ -83,9 +99,16 @@ def main(args):
     p = SimulationParams(n_particles=args.particles, snr=args.snr, apix=apix, defocus_min_um=args.defocus[0],
                          defocus_max_um=args.defocus[1], shift_sigma_px=args.shift_sigma, scale_sigma=args.scale_sigma,
                          seed=args.seed, ctf=not args.no_ctf)
-    paths = simulate_dataset(maps, args.outdir, p, extra_truth=extra)
+    paths = yield from simulate_job(maps, args.outdir, p, extra_truth=extra)
     out = Path(args.outdir)
     for k, v in enumerate(maps):
         write_mrc(out / "maps" / f"state_{k:02d}.mrc", v, apix)
-    print(f"{args.particles} particles, {len(maps)} state(s), box {maps.shape[-1]}, {apix:.3g} Å/px, SNR {args.snr} → {paths['star']}")
+    return {"paths": paths, "n_states": len(maps), "box": maps.shape[-1], "apix": apix}
+
+
+def main(args):
+    res = run_in_terminal(make_job(args), desc="simulate")
+    maps_n, box, apix = res["n_states"], res["box"], res["apix"]
+    paths = res["paths"]
+    print(f"{args.particles} particles, {maps_n} state(s), box {box}, {apix:.3g} Å/px, SNR {args.snr} → {paths['star']}")
     return 0

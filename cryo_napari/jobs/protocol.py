@@ -80,7 +80,7 @@ def run_in_terminal(job: Job, desc: str = "", quiet: bool = False) -> Any:
                 return stop.value
             if isinstance(ev, Progress):
                 if bar is None and not quiet:
-                    bar = tqdm(total=ev.total or None, desc=desc, unit="step", leave=False)
+                    bar = tqdm(total=ev.total or None, desc=desc, unit="step", leave=False, disable=None)
                 if bar is not None:
                     bar.total = ev.total or None
                     bar.n = ev.step

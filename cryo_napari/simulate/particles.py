@@ -160,16 +160,30 @@ def write_dataset(out: Path, images: np.ndarray, gt: dict, p: SimulationParams, 
                                     ("poses", "poses.pkl"), ("ctf", "ctf.pkl"), ("truth", "ground_truth.npz")]}
 
 
-def simulate_dataset(maps: np.ndarray, out, p: SimulationParams, weights=None, extra_truth=None,
-                     progress=None) -> dict:
-    """Simulate and write a dataset from (K, D, D, D) maps (one state per map). Returns paths."""
+def simulate_job(maps: np.ndarray, out, p: SimulationParams, weights=None, extra_truth=None):
+    """Job: simulate and write a dataset from (K, D, D, D) maps (one state per map); returns paths."""
+    from cryo_napari.jobs.protocol import Artifact, Progress
+
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim == 3:
         maps = maps[None]
     if maps.shape[-1] % 2:
         raise ValueError(f"box must be even, got {maps.shape[-1]}")
+    yield Progress(0, 3, "sampling poses and CTF")
     gt = sample_ground_truth(len(maps), p, weights)
+    yield Progress(1, 3, "projecting")
     clean = render_clean_images(maps, gt, p)
     images, sigma = add_noise(clean, p.snr, p.seed)
+    yield Progress(2, 3, "writing")
     extra = {"noise_sigma": sigma, **(extra_truth or {})}
-    return write_dataset(Path(out), images, gt, p, maps, extra)
+    paths = write_dataset(Path(out), images, gt, p, maps, extra)
+    yield Artifact("particles", paths["star"])
+    yield Progress(3, 3, "done")
+    return paths
+
+
+def simulate_dataset(maps: np.ndarray, out, p: SimulationParams, weights=None, extra_truth=None) -> dict:
+    """Simulate and write a dataset (the job run to its end). Returns the written paths."""
+    from cryo_napari.jobs.protocol import run_to_end
+
+    return run_to_end(simulate_job(maps, out, p, weights, extra_truth))
