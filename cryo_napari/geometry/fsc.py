@@ -21,8 +21,8 @@ def shell_index_3d(D: int, device=None) -> torch.Tensor:
 
 def fsc(vol1, vol2) -> np.ndarray:
     """FSC between two real (D, D, D) maps, shells 0 … D/2 → array of D/2 + 1 values."""
-    v1 = torch.as_tensor(np.asarray(vol1), dtype=torch.float64)
-    v2 = torch.as_tensor(np.asarray(vol2), dtype=torch.float64)
+    v1 = torch.as_tensor(np.array(vol1, dtype=np.float64))
+    v2 = torch.as_tensor(np.array(vol2, dtype=np.float64))
     if v1.shape != v2.shape or v1.ndim != 3:
         raise ValueError(f"FSC needs two maps of one cubic shape, got {tuple(v1.shape)} and {tuple(v2.shape)}")
     D = v1.shape[-1]
