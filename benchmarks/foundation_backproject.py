@@ -33,6 +33,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("--snr", type=float, nargs="+", default=[0.1])
+    ap.add_argument("--snr-region", default="box", choices=["box", "particle"])
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from cryo_napari.geometry.fsc import fsc
@@ -47,9 +48,10 @@ def main():
     rows = []
     for snr in args.snr:
         for name, (path, extra) in maps.items():
-            run = OUT / f"{Path(path).stem}_snr{snr}_n{args.n}"
+            run = OUT / f"{Path(path).stem}_snr{snr}_{args.snr_region}_n{args.n}"
             t0 = time.time()
-            cli("simulate", path, *extra, "--preset", "domain-motion", "-n", args.n, "--snr", snr, "-o", run)
+            cli("simulate", path, *extra, "--preset", "domain-motion", "-n", args.n, "--snr", snr,
+                "--snr-region", args.snr_region, "-o", run)
             t_sim = time.time() - t0
             truth = np.load(run / "ground_truth.npz")
             for fmt in ("star", "cs"):
@@ -59,7 +61,7 @@ def main():
                 vol, _ = read_mrc(run / f"bp_{fmt}" / "map.mrc")
                 c = fsc(vol, truth["mean_map"])
                 D = vol.shape[-1]
-                rows.append((name, snr, fmt, float(c[: D // 4 + 1].min()), float(c[D // 4]), t_sim, t_bp))
+                rows.append((name, f"{snr} ({args.snr_region})", fmt, float(c[: D // 4 + 1].min()), float(c[D // 4]), t_sim, t_bp))
     print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, n={args.n}, D=64")
     print("| map | SNR | input | min FSC vs truth, shells 0…D/4 | FSC at half Nyquist | simulate s | backproject s |")
     print("|---|---|---|---|---|---|---|")

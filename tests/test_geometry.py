@@ -114,3 +114,17 @@ def test_projection_agrees_with_torch_fourier_slice(small_map, rng):
     ours = fo.project_3d_to_2d(torch.as_tensor(small_map), R).numpy()
     theirs = tfs.project_3d_to_2d(torch.as_tensor(small_map), R.transpose(1, 2).contiguous()).numpy()
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999
+
+
+def test_masks(small_map):
+    from cryo_napari.geometry.masks import circular_window_2d, soft_spherical_mask_3d, threshold_mask_3d
+
+    m = soft_spherical_mask_3d(32, 10, 3)
+    assert m[16, 16, 16] == 1 and m[16, 16, 16 + 14] == 0 and 0 < m[16, 16, 16 + 11] < 1
+    t = threshold_mask_3d(small_map, 0.3 * small_map.max(), dilate_px=2, soft_px=2)
+    assert (t[small_map > 0.3 * small_map.max()] == 1).all()
+    assert t.min() == 0 and ((t > 0) & (t < 1)).any()
+    w = circular_window_2d(32)
+    assert float(w[16, 16]) == 1.0 and float(w[0, 0]) == 0.0
+    with pytest.raises(ValueError):
+        threshold_mask_3d(small_map, 10 * small_map.max())

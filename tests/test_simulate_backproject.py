@@ -115,3 +115,18 @@ def test_simulate_from_atomic_model_with_a_chain_removed(tmp_path, fixtures_dir)
     assert full.sum() > no_c.sum() > 0.9 * full.sum()  # chain C is a small peptide
     assert cli(["simulate", "--model", str(fixtures_dir / "models" / "4E43.pdb"), "-D", "32", "--apix", "2",
                 "--remove-chains", "Z", "-n", "4", "-o", str(tmp_path / "bad")]) == 2
+
+
+def test_snr_definitions(small_map):
+    from cryo_napari.simulate.particles import SimulationParams, add_noise, particle_radius_px, render_clean_images, sample_ground_truth
+
+    p = SimulationParams(n_particles=200, snr=0.1)
+    gt = sample_ground_truth(1, p)
+    clean = render_clean_images(small_map[None], gt, p)
+    noisy, sigma_box = add_noise(clean, 0.1, 0)
+    assert abs(np.var(noisy - clean) / sigma_box**2 - 1) < 0.02
+    assert abs(np.var(clean) / sigma_box**2 - 0.1) < 1e-3  # cryoDRGN's definition: whole stack
+    r = particle_radius_px(small_map[None])
+    assert 3 < r < 16
+    _, sigma_particle = add_noise(clean, 0.1, 0, r)
+    assert sigma_particle > sigma_box  # signal is denser inside the particle's disc

@@ -28,6 +28,8 @@ def add_args(p):
     p.add_argument("-o", "--outdir", required=True)
     p.add_argument("-n", "--particles", type=int, default=1000, help="number of particles (default 1000)")
     p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio (default 0.1)")
+    p.add_argument("--snr-region", choices=["box", "particle"], default="box",
+                   help="signal variance over the whole box (cryoDRGN, default) or inside the particle's disc")
     p.add_argument("-D", "--box", type=int, help="Fourier-crop maps to this box first (even)")
     p.add_argument("--apix", type=float, help="pixel size in Å of the (cropped) maps (default: from the header)")
     p.add_argument("--preset", choices=["none", "domain-motion", "discrete"], default="none")
@@ -98,7 +100,7 @@ def make_job(args):
         extra = {"state_names": np.array(names)}
     p = SimulationParams(n_particles=args.particles, snr=args.snr, apix=apix, defocus_min_um=args.defocus[0],
                          defocus_max_um=args.defocus[1], shift_sigma_px=args.shift_sigma, scale_sigma=args.scale_sigma,
-                         seed=args.seed, ctf=not args.no_ctf)
+                         seed=args.seed, ctf=not args.no_ctf, snr_region=args.snr_region)
     paths = yield from simulate_job(maps, args.outdir, p, extra_truth=extra)
     out = Path(args.outdir)
     for k, v in enumerate(maps):
