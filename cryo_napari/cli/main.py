@@ -76,7 +76,8 @@ def main(argv=None) -> int:
         print("interrupted: the last complete step is on disk", file=sys.stderr)
         return 130
     except OSError as err:  # disk full, permissions: one line, no traceback
-        print(f"error: {getattr(err, 'filename', '') or ''}: {err.strerror or err}", file=sys.stderr)
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"error: {where}{err.strerror or err} (previous complete outputs are untouched)", file=sys.stderr)
         return 1
     return int(rc or 0)
 
