@@ -119,7 +119,10 @@ def load_star(path, datadir=None, with_images=True) -> ParticleData:
         except KeyError as exc:
             raise InputError(path, str(exc.args[0])) from None
 
-    apix = pixel_size_from_star(particles, optics)
+    try:
+        apix = pixel_size_from_star(particles, optics)
+    except KeyError as exc:
+        raise InputError(path, str(exc.args[0])) from None
     if apix is None:
         if optics is not None and len(optics) > 1:
             raise InputError(path, "several optics groups but no rlnImagePixelSize")
@@ -200,7 +203,11 @@ def load_cs(path, datadir=None, with_images=True) -> ParticleData:
     for f in ("blob/path", "blob/idx"):
         if f not in names:
             raise InputError(path, f"missing field {f}")
-    paths = np.char.decode(data["blob/path"].astype(bytes)) if data["blob/path"].dtype.kind == "S" else data["blob/path"].astype(str)
+    try:
+        raw = data["blob/path"]
+        paths = np.char.decode(raw.astype(bytes)) if raw.dtype.kind == "S" else raw.astype(str)
+    except (UnicodeDecodeError, ValueError, TypeError):
+        raise InputError(path, "blob/path holds non-text values") from None
     uniq, inverse = np.unique(paths, return_inverse=True)
     from cryo_napari.io.stacks import resolve_stack_path
 

@@ -36,7 +36,15 @@ def read_star_tables(path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if particles is None:
         # RELION 3.0 (data_ or data_images) or subtomogram files: the (largest) non-optics table
         cands = [v for k, v in tables.items() if k != "optics"]
+        if not cands:
+            raise InputError(path, "no particle table (only data_optics)")
         particles = max(cands, key=len)
+    for name, table in (("particles", particles), ("optics", optics)):
+        if table is not None and "rlnOpticsGroup" in table.columns:
+            g = pd.to_numeric(table["rlnOpticsGroup"], errors="coerce")
+            if g.isna().any() or not np.isfinite(g.to_numpy(dtype=float)).all() or (g != g.round()).any():
+                raise InputError(path, f"rlnOpticsGroup in the {name} table has non-integer values")
+            table["rlnOpticsGroup"] = g.astype(int)
     return particles.reset_index(drop=True), optics
 
 
