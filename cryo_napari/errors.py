@@ -15,4 +15,4 @@ class InputError(Exception):
     def __init__(self, path, problem: str):
         self.path = Path(path) if path is not None else None
         self.problem = " ".join(str(problem).split())  # always one line, whatever a library said
-        super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+        super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)
