@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Widgets and thread workers run offscreen; rendering tests (marker `render`) need a display,
+# e.g. `xvfb-run -a python -m pytest -m render` with the default xcb platform.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
