@@ -1,0 +1,158 @@
+"""VAE benchmarks, run by hand (not a unit test).
+
+Speed (training step throughput, 1 thread, random data, nothing else):
+
+    OMP_NUM_THREADS=1 python benchmarks/vae_quality.py speed --D 32 64 --batch 8 64
+
+Quality (3 discrete states: full / domain swung / domain removed, SNR 0.1):
+
+    OMP_NUM_THREADS=1 python benchmarks/vae_quality.py quality --D 32 -n 3000 --epochs 20 --out /tmp/vae_bench
+
+reports k-means(k=3) ARI of the latent means vs the true states, per-image FSC AUC (CryoBench:
+area under the FSC over [0, 0.5] cycles/px) of maps generated at particles' latents vs their
+ground-truth maps, images/s and the wall time; appends a JSON line to OUT/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def speed(args):
+    from cryo_napari.methods.vae.data import HalfLattice, encoder_input, encoder_width
+    from cryo_napari.methods.vae.model import build_vae, flops_per_image
+    from cryo_napari.methods.vae.train import step_loss
+
+    rows = []
+    for D in args.D:
+        lat = HalfLattice(D)
+        for repr in ("fourier", "hartley"):
+            for B in args.batch:
+                model = build_vae(D, encoder_width(len(lat), repr), 8, 3, args.dim, 3, args.dim)
+                model.lattice_k, model.lattice_w = lat.k, lat.weight
+                opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+                g = torch.Generator().manual_seed(0)
+                batch = {"y": torch.randn(B, len(lat), 2, generator=g), "ctf": torch.rand(B, len(lat), generator=g),
+                         "rot": torch.linalg.qr(torch.randn(B, 3, 3, generator=g))[0]}
+                assert encoder_input(batch["y"], batch["ctf"], repr).shape[1] == model.arch["enc_in"]
+
+                def step():
+                    mse, kl, _ = step_loss(model, batch, len(lat), repr)
+                    loss = mse + kl / lat.n_full
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+
+                step()
+                n_steps = max(3, int(args.images / B))
+                t0 = time.perf_counter()
+                for _ in range(n_steps):
+                    step()
+                dt = time.perf_counter() - t0
+                ips = n_steps * B / dt
+                pts = len(lat) if repr == "fourier" else lat.n_full
+                gf = 3 * flops_per_image(model.arch, pts) * ips / 1e9
+                row = dict(D=D, repr=repr, batch=B, arch=f"{args.dim}x3", decoder_points=pts, images_per_s=ips,
+                           gflops_per_s=gf, threads=torch.get_num_threads())
+                rows.append(row)
+                print(json.dumps(row))
+    return rows
+
+
+def quality(args):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from cryo_napari.geometry.fourier import fourier_crop_3d
+    from cryo_napari.geometry.fsc import fsc, fsc_auc
+    from cryo_napari.jobs.protocol import Log, run_to_end
+    from cryo_napari.methods.vae.eval import load_vae_run
+    from cryo_napari.methods.vae.train import default_lr, train_vae_job
+    from cryo_napari.simulate.heterogeneity import discrete_states, synthetic_map
+    from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
+
+    out = Path(args.out)
+    D = args.D[0]
+    data_dir = out / f"data_D{D}_n{args.n}_snr{args.snr:g}_{args.map}"
+    if not (data_dir / "ground_truth.npz").exists():
+        if args.map == "synthetic":
+            vol = synthetic_map(D, seed=3)
+        else:
+            from cryo_napari.io.mrc import read_mrc
+
+            v, _ = read_mrc(args.map)
+            vol = fourier_crop_3d(torch.as_tensor(v), D).numpy()
+        maps, names, _ = discrete_states(vol)
+        simulate_dataset(maps, data_dir, SimulationParams(n_particles=args.n, snr=args.snr, apix=3.0 * 64 / D, seed=1))
+    run = out / f"run_{args.tag}"
+    cfg = dict(particles=data_dir / "particles.star", outdir=run, epochs=args.epochs, seed=0, repr=args.repr,
+               batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
+               beta_schedule=args.beta_schedule)
+    t0 = time.perf_counter()
+    job = train_vae_job(cfg)
+    while True:
+        try:
+            ev = next(job)
+        except StopIteration as stop:
+            res = stop.value
+            break
+        if isinstance(ev, Log):
+            print(ev.text, flush=True)
+    wall = time.perf_counter() - t0
+    gt = np.load(data_dir / "ground_truth.npz")
+    rng = np.random.default_rng(0)
+    sel = rng.choice(args.n, size=min(args.n_fsc, args.n), replace=False)
+    per_epoch = []
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for e in args.eval_epochs or [args.epochs]:
+        r = load_vae_run(run, e)
+        lab = KMeans(3, n_init=10, random_state=0).fit_predict(r.z)
+        ari = adjusted_rand_score(gt["states"], lab)
+        vols = r.generate_volumes(r.z[sel])
+        aucs = [fsc_auc(fsc(v, gt["maps"][gt["states"][i]])) for v, i in zip(vols, sel)]
+        t_e = sum(m["time_s"] for m in metrics if m["epoch"] <= e)
+        per_epoch.append(dict(epoch=e, ari=ari, fsc_auc_mean=float(np.mean(aucs)), train_time_s=t_e))
+        print(json.dumps(per_epoch[-1]), flush=True)
+    row = dict(tag=args.tag, D=D, n=args.n, snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
+               lr=args.lr or default_lr(args.batch[0]), march=args.march, arch=f"{args.dim}x3",
+               epochs=args.epochs, wall_s=wall, images_per_s=float(np.mean([m["images_per_s"] for m in metrics])),
+               threads=torch.get_num_threads(), evaluation=per_epoch)
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["speed", "quality"])
+    p.add_argument("--D", type=int, nargs="+", default=[32])
+    p.add_argument("--batch", type=int, nargs="+", default=[8])
+    p.add_argument("--dim", type=int, default=256, help="encoder/decoder width (3 layers)")
+    p.add_argument("--images", type=int, default=512, help="images per speed measurement")
+    p.add_argument("-n", type=int, default=3000)
+    p.add_argument("--snr", type=float, default=0.1)
+    p.add_argument("--map", default="synthetic", help="'synthetic' or an .mrc map (Fourier-cropped to D)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--eval-epochs", type=int, nargs="*")
+    p.add_argument("--repr", default="fourier")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--march", type=int, default=0)
+    p.add_argument("--beta-schedule", default="constant")
+    p.add_argument("--n-fsc", type=int, default=100, help="particles for the per-image FSC AUC")
+    p.add_argument("--out", default="/tmp/vae_bench")
+    p.add_argument("--tag", default="default")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    speed(args) if args.mode == "speed" else quality(args)
+
+
+if __name__ == "__main__":
+    main()
