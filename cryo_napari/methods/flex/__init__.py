@@ -1,0 +1,1 @@
+"""Flexible refinement (3DFlex family): mesh, model, training, generator, reconstruction."""

@@ -1,0 +1,211 @@
+"""The 3DFlex model: canonical map, auto-decoded latents, flow generator, convection, projection.
+
+Image model for particle ``i`` with latent ``z_i`` (K dims) and pose ``R_i``::
+
+    d = g_θ(z_i) − g_θ(0)                    per-vertex displacement (P, 3), voxels of the box D
+    u(x) = Σ_a λ_a(x) d[cell(x)_a]           per-voxel flow by barycentric interpolation
+    V_i(x) = V(x − u(x))                     convected map (backward warp, trilinear)
+    I_i(r) = Σ_z V_i(Rᵀ[r, z] + c)           real-space projection (c = D//2, unit steps)
+    Î_i = CTF_i · FT(I_i)                    compared with the centred particle transform
+
+Subtracting ``g_θ(0)`` makes the zero latent the canonical map exactly (generated series have the
+canonical map in the middle). Latents are auto-decoded (one ``nn.Embedding`` row per particle,
+as cryoSPARC 3DFlex) and squashed into (−1.5, 1.5) by ``1.5·tanh``.
+
+Projection is done in real space: the flow is sampled at the rotated grid points and the map at
+the displaced points, two trilinear ``grid_sample`` calls per image, differentiable in V, θ and
+z. The Fourier alternative needs a padded 3-D FFT of every particle's convected map, which is
+slower on a CPU at the same box (see docs/flex.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cryo_napari.methods.flex.mesh import TetraMesh, voxel_barycentrics
+
+ZMAX = 1.5
+
+
+def mesh_points_in_box(mesh: TetraMesh, D: int) -> np.ndarray:
+    """Mesh points (P, 3) xyz rescaled from the mesh box N to voxel units of box D."""
+    return (mesh.points - mesh.N // 2) * (D / mesh.N) + D // 2
+
+
+class FlowGenerator(nn.Module):
+    """MLP ``z (B, K) → displacement (B, P, 3)`` in voxels, with ``g(0)`` subtracted."""
+
+    def __init__(self, K: int, n_points: int, hidden: int = 64, layers: int = 6, init_scale: float = 0.1):
+        super().__init__()
+        mods, w = [], K
+        for _ in range(layers):
+            lin = nn.Linear(w, hidden)
+            nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")  # keeps activations O(1) through depth
+            nn.init.normal_(lin.bias, std=0.1)
+            mods += [lin, nn.ReLU()]
+            w = hidden
+        self.body = nn.Sequential(*mods)
+        self.head = nn.Linear(w, n_points * 3)
+        with torch.no_grad():
+            self.head.weight.mul_(init_scale)
+            self.head.bias.zero_()
+        self.P = n_points
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        zz = torch.cat([z, torch.zeros_like(z[:1])])
+        out = self.head(self.body(zz)).reshape(-1, self.P, 3)
+        return out[:-1] - out[-1:]
+
+
+class FlexModel(nn.Module):
+    """Canonical map, latents and generator over a mesh at training box ``D``.
+
+    Parameters
+    ----------
+    mesh : the tetrahedral mesh (any box; rescaled to D).
+    D : training box (pixels).
+    n_particles : number of latent rows.
+    K : latent dimensions.
+    V0 : (D, D, D) initial canonical map.
+    """
+
+    def __init__(self, mesh: TetraMesh, D: int, n_particles: int, K: int = 2, hidden: int = 64, layers: int = 6,
+                 V0: np.ndarray | None = None, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.D, self.K = D, K
+        pts = mesh_points_in_box(mesh, D)
+        self.register_buffer("rest", torch.as_tensor(pts, dtype=torch.float32))
+        self.register_buffer("cells", torch.as_tensor(mesh.cells, dtype=torch.long))
+        self.register_buffer("rweights", torch.as_tensor(mesh.rweights, dtype=torch.float32))
+        P = self.rest[self.cells]  # (C, 4, 3)
+        Dm = (P[:, 1:] - P[:, :1]).transpose(1, 2)  # columns p_a − p_0
+        self.register_buffer("Dm_inv", torch.linalg.inv(Dm.double()).float())
+        idx, cell, bary = voxel_barycentrics(mesh, D)
+        self.register_buffer("vox_idx", torch.as_tensor(idx))
+        self.register_buffer("vox_verts", self.cells[torch.as_tensor(cell)])
+        self.register_buffer("vox_bary", torch.as_tensor(bary, dtype=torch.float32))
+        V0 = np.zeros((D, D, D), np.float32) if V0 is None else np.asarray(V0, np.float32)
+        self.V = nn.Parameter(torch.tensor(np.array(V0)))
+        self.generator = FlowGenerator(K, len(pts), hidden, layers)
+        self.latent = nn.Embedding(n_particles, K, sparse=True)
+        with torch.no_grad():
+            self.latent.weight.copy_(0.3 * torch.randn(n_particles, K, generator=g))
+        r = torch.arange(D, dtype=torch.float32) - D // 2
+        zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
+        self.register_buffer("grid_r", torch.stack([xx, yy, zz], -1).reshape(-1, 3))  # (D³, 3) xyz
+
+    # -- latents ------------------------------------------------------------------------------
+    def z_of(self, ind: torch.Tensor) -> torch.Tensor:
+        """Latents (B, K) of particles ``ind`` in (−1.5, 1.5)."""
+        return squash(self.latent(ind))
+
+    def all_z(self) -> np.ndarray:
+        return squash(self.latent.weight.detach()).numpy()
+
+    # -- deformation --------------------------------------------------------------------------
+    def displacements(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-vertex displacements (B, P, 3) in voxels of box D."""
+        return self.generator(z)
+
+    def flow_field(self, disp: torch.Tensor) -> torch.Tensor:
+        """Per-voxel flow (B, 3, D, D, D) (channels x, y, z; zero outside the mesh)."""
+        return flow_from_displacements(disp, self.vox_idx, self.vox_verts, self.vox_bary, self.D)
+
+    def rigidity_penalty(self, disp: torch.Tensor) -> torch.Tensor:
+        """Σ_j w_j Σ (σ − 1)² over each cell's deformation gradient, mean over the batch (B,)."""
+        return rigidity_penalty(self.rest, self.cells, self.Dm_inv, self.rweights, disp)
+
+    # -- images -------------------------------------------------------------------------------
+    def project(self, flow: torch.Tensor | None, rotations: torch.Tensor, V: torch.Tensor | None = None) -> torch.Tensor:
+        """Real-space projections (B, D, D) of the convected map at ``rotations`` (B, 3, 3)."""
+        return project_convected(self.V if V is None else V, flow, rotations, self.grid_r)
+
+
+def squash(raw: torch.Tensor) -> torch.Tensor:
+    return ZMAX * torch.tanh(raw)
+
+
+def unsquash(z: torch.Tensor) -> torch.Tensor:
+    return torch.atanh((z / ZMAX).clamp(-0.999, 0.999))
+
+
+def flow_from_displacements(disp, vox_idx, vox_verts, vox_bary, D: int) -> torch.Tensor:
+    """(B, P, 3) vertex displacements → (B, 3, D, D, D) voxel flow via barycentric weights."""
+    B = disp.shape[0]
+    u = (disp[:, vox_verts] * vox_bary[None, :, :, None]).sum(2)  # (B, M, 3)
+    flow = disp.new_zeros(B, D * D * D, 3)
+    flow = flow.index_copy(1, vox_idx, u)
+    return flow.reshape(B, D, D, D, 3).permute(0, 4, 1, 2, 3)
+
+
+def _normalise(coords: torch.Tensor, D: int) -> torch.Tensor:
+    """Voxel coordinates (xyz, 0..D−1) → grid_sample's [−1, 1] (align_corners=True)."""
+    return coords * (2.0 / (D - 1)) - 1.0
+
+
+def convect(V: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
+    """Convected maps ``V(x − u(x))``: V (D, D, D), flow (B, 3, D, D, D) → (B, D, D, D)."""
+    D = V.shape[-1]
+    if flow is None:
+        return V[None]
+    B = flow.shape[0]
+    k = torch.arange(D, dtype=V.dtype, device=V.device)
+    zz, yy, xx = torch.meshgrid(k, k, k, indexing="ij")
+    base = torch.stack([xx, yy, zz], -1)  # (D, D, D, 3)
+    src = base[None] - flow.permute(0, 2, 3, 4, 1)
+    out = F.grid_sample(V[None, None].expand(B, 1, D, D, D), _normalise(src, D), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return out[:, 0]
+
+
+def project_convected(V: torch.Tensor, flow: torch.Tensor | None, rotations: torch.Tensor,
+                      grid_r: torch.Tensor) -> torch.Tensor:
+    """Σ_z V(s − u(s)) with s = Rᵀ r + D//2 over the box grid r; (B, D, D) images [y, x]."""
+    D = V.shape[-1]
+    B = rotations.shape[0]
+    s = torch.einsum("pj,bij->bpi", grid_r, rotations.to(V.dtype).transpose(1, 2)) + D // 2  # (B, D³, 3) Rᵀ r
+    s = s.reshape(B, D, D, D, 3)  # [z, y, x] of the image-frame grid
+    if flow is not None:
+        u = F.grid_sample(flow, _normalise(s, D), mode="bilinear", padding_mode="zeros", align_corners=True)
+        s = s - u.permute(0, 2, 3, 4, 1)
+    vol = F.grid_sample(V[None, None].expand(B, 1, D, D, D), _normalise(s, D), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return vol[:, 0].sum(1)
+
+
+def rigidity_penalty(rest, cells, Dm_inv, rweights, disp) -> torch.Tensor:
+    """Per-sample rigidity energy (B,): Σ_j w_j Σ_i (σ_i(F_j) − 1)², F_j = Ds_j·Dm_j⁻¹."""
+    q = rest[None] + disp  # (B, P, 3)
+    Q = q[:, cells]  # (B, C, 4, 3)
+    Ds = (Q[:, :, 1:] - Q[:, :, :1]).transpose(2, 3)
+    Fm = Ds @ Dm_inv[None]
+    sv = torch.linalg.svdvals(Fm)
+    return ((sv - 1) ** 2).sum(-1).mul(rweights[None]).sum(-1)
+
+
+def fourier_loss_mask(D: int, k_max: float) -> torch.Tensor:
+    """(D, D) bool mask of 2-D frequencies |k| < k_max (cycles/box)."""
+    from cryo_napari.geometry.fourier import radial_frequency_2d
+
+    return radial_frequency_2d(D) < k_max
+
+
+def nyquist_k(D: int) -> float:
+    return D / 2
+
+
+def latent_prior(z: torch.Tensor, lam: float, power: int = 4) -> torch.Tensor:
+    """Latent-centering prior per particle (B,): ``lam · Σ_k |z_k|^power``."""
+    return lam * z.abs().pow(power).sum(-1)
+
+
+def cosine(a: float, b: float, t: float) -> float:
+    """Cosine interpolation a → b for t in [0, 1]."""
+    t = min(max(t, 0.0), 1.0)
+    return b + (a - b) * 0.5 * (1 + math.cos(math.pi * t))

@@ -1,0 +1,226 @@
+"""3DFlex "Training" as a job: ``flex_train_job(config)`` yields Progress/Metric/Artifact/Log events.
+
+Per batch of particles (images Y, poses R, CTF, latents z)::
+
+    loss = mean_i [ Σ_{|k|<k_max} |CTF·FT(I_i) − Ŷ_i|² / (2 D² σ²) + center_lam·Σ_k |z_ik|⁴ ]
+           + rigidity · mean_i Σ_j w_j Σ (σ(F_ij) − 1)²
+
+with latent noise ``z + noise·ε`` during training. Three optimisers: Adam for the generator
+(``lr``), Adam for the canonical map (``lr_map`` × std of the initial map, per step) and
+SparseAdam for the auto-decoded latents (``lr_z``). Over ``epochs`` the learning rates anneal
+(cosine to 10 %) and the loss band ``k_max`` grows linearly from ``k_start`` (0.3) to 0.8 ×
+Nyquist of the training box; ``extra_epochs`` continue at the final settings.
+
+Each epoch ``E`` (1-based) writes ``weights.E.pt`` and ``z.E.npy`` (N × K latents in PREP
+particle order), each atomically and then marked complete, plus a line of ``metrics.jsonl``.
+``load="latest"`` resumes from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryo_napari.errors import InputError
+from cryo_napari.geometry.ctf import calculate_ctf_2d
+from cryo_napari.geometry.fourier import fft_centered, phase_shift_2d
+from cryo_napari.io.mrc import read_mrc
+from cryo_napari.io.particles import load_particles
+from cryo_napari.jobs.atomic import atomic_path, save_npy_atomic
+from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress
+from cryo_napari.jobs.rundir import RunDir
+from cryo_napari.methods.flex.mesh import TetraMesh
+from cryo_napari.methods.flex.model import FlexModel, cosine, fourier_loss_mask, latent_prior
+from cryo_napari.methods.flex.prep import read_prep
+
+KIND = "flex-train"
+DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=1e-3,
+                lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.15, center_lam=20.0, rigidity=2.0,
+                k_start=0.3, k_final=0.8, load=None, seed=0)
+
+
+def load_mesh(mesh) -> TetraMesh:
+    """A mesh from a pickle path, a cryoSPARC-schema dict or a TetraMesh."""
+    if isinstance(mesh, TetraMesh):
+        return mesh
+    if isinstance(mesh, dict):
+        return TetraMesh.from_dict(mesh)
+    return TetraMesh.from_pickle(mesh)
+
+
+class FlexData:
+    """Cropped particles of a PREP directory in memory (float32 images, poses, shifts, CTF)."""
+
+    def __init__(self, prep):
+        self.info = read_prep(prep)
+        pdata = load_particles(Path(prep) / "particles.star", require_poses=True)
+        self.pdata = pdata
+        self.images = torch.as_tensor(pdata.read_images())
+        self.rot = torch.as_tensor(pdata.rotations, dtype=torch.float32)
+        self.shifts = torch.as_tensor(pdata.shifts_px, dtype=torch.float32)
+        self.ctf = None if pdata.ctf is None else pdata.ctf.as_tensor()
+        self.apix = float(np.median(pdata.apix))
+        self.D = pdata.D
+        self.half = pdata.half if pdata.half is not None else np.zeros(len(pdata), int)
+        self.sigma = float(self.info.get("noise_sigma") or self.images.std())
+        self.consensus, _ = read_mrc(Path(prep) / "consensus.mrc")
+
+    def __len__(self):
+        return len(self.images)
+
+    def batch(self, ii: torch.Tensor):
+        """Centred data transforms (B, D, D), poses (B, 3, 3), CTF (B, D, D)."""
+        y = phase_shift_2d(fft_centered(self.images[ii].to(torch.complex64), 2), self.shifts[ii])
+        ctf = (calculate_ctf_2d(self.ctf[ii], self.D, self.apix) if self.ctf is not None
+               else torch.ones(len(ii), self.D, self.D))
+        return y, self.rot[ii], ctf
+
+
+def image_loss(model: FlexModel, y, R, ctf, disp, sigma: float, kmask) -> torch.Tensor:
+    """Per-image data term (B,): Σ_{k in kmask} |CTF·FT(I) − Ŷ|² / (2 D² σ²)."""
+    D = model.D
+    flow = model.flow_field(disp)
+    proj = model.project(flow, R)
+    pred = fft_centered(proj.to(torch.complex64), 2) * ctf
+    r = (pred - y)[:, kmask]
+    return r.abs().square().sum(-1) / (2 * D * D * sigma**2)
+
+
+def build_model(cfg: dict, data: FlexData, mesh: TetraMesh) -> FlexModel:
+    return FlexModel(mesh, data.D, len(data), cfg["K"], cfg["hidden"], cfg["layers"], data.consensus, cfg["seed"])
+
+
+def _optimizers(model: FlexModel, cfg: dict, v_scale: float):
+    return {
+        "gen": torch.optim.Adam(model.generator.parameters(), lr=cfg["lr"]),
+        "map": torch.optim.Adam([model.V], lr=cfg["lr_map"] * v_scale),
+        "z": torch.optim.SparseAdam(list(model.latent.parameters()), lr=cfg["lr_z"]),
+    }
+
+
+def schedule(cfg: dict, epoch: int, D: int) -> tuple[float, float]:
+    """(learning-rate factor, k_max in cycles/box) for 0-based ``epoch``."""
+    E = max(cfg["epochs"], 1)
+    t = min(epoch / max(E - 1, 1), 1.0)
+    k0, k1 = cfg["k_start"] * D / 2, cfg["k_final"] * D / 2
+    return cosine(1.0, 0.1, t), k0 + (k1 - k0) * t
+
+
+def flex_train_job(config: dict) -> Job:
+    """Train (or resume) a flex model; returns {"epoch", "run", "z"}."""
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in DEFAULTS}}
+    for k in ("prep", "mesh", "outdir"):
+        if cfg.get(k) is None:
+            raise InputError(None, f"flex train needs '{k}'")
+    torch.manual_seed(cfg["seed"])
+    run = RunDir(cfg["outdir"]).create()
+    data = FlexData(cfg["prep"])
+    mesh = load_mesh(cfg["mesh"])
+    mesh_path = run.path / "mesh.pkl"
+    model = build_model(cfg, data, mesh)
+    v_scale = float(np.std(data.consensus)) or 1.0
+    opts = _optimizers(model, cfg, v_scale)
+    start = 0
+    if cfg["load"]:
+        ck = _resolve_load(run, cfg["load"])
+        state = torch.load(ck, weights_only=False)
+        model.load_state_dict(state["model"])
+        for k, o in opts.items():
+            o.load_state_dict(state["opt"][k])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["epoch"])
+        yield Log("info", f"resumed from {ck.name} (epoch {start})")
+    else:
+        mesh.to_pickle(mesh_path)
+        cfg_out = {k: v for k, v in cfg.items() if k != "mesh"}
+        cfg_out["mesh"] = str(mesh_path.resolve())
+        cfg_out["prep"] = str(Path(cfg["prep"]).resolve())
+        run.write_config(cfg_out, KIND)
+    total = cfg["epochs"] + cfg["extra_epochs"]
+    n, B = len(data), cfg["batch_size"]
+    g = torch.Generator().manual_seed(cfg["seed"] + start)
+    yield Progress(start, total, "training")
+    for epoch in range(start, total):
+        t0 = time.time()
+        fac, kmax = schedule(cfg, epoch, data.D)
+        for k, o in opts.items():
+            base = {"gen": cfg["lr"], "map": cfg["lr_map"] * v_scale, "z": cfg["lr_z"]}[k]
+            for grp in o.param_groups:
+                grp["lr"] = base * fac
+        kmask = fourier_loss_mask(data.D, kmax)
+        perm = torch.randperm(n, generator=g)
+        sums = np.zeros(4)
+        for b in range(0, n, B):
+            ii = perm[b : b + B]
+            y, R, ctf = data.batch(ii)
+            z = model.z_of(ii)
+            zn = (z + cfg["noise"] * torch.randn(z.shape, generator=g)).clamp(-1.5, 1.5)
+            disp = model.displacements(zn)
+            ldata = image_loss(model, y, R, ctf, disp, data.sigma, kmask)
+            lprior = latent_prior(z, cfg["center_lam"])
+            lrig = model.rigidity_penalty(disp)
+            loss = (ldata + lprior).mean() + cfg["rigidity"] * lrig.mean()
+            for o in opts.values():
+                o.zero_grad()
+            loss.backward()
+            for o in opts.values():
+                o.step()
+            sums += np.array([ldata.sum().item(), lprior.sum().item(), lrig.sum().item(), len(ii)])
+        step = epoch + 1
+        zs = model.all_z()
+        zpath = run.path / f"z.{step}.npy"
+        save_npy_atomic(zpath, zs.astype(np.float32))
+        run.mark_complete(zpath, step)
+        wpath = run.path / f"weights.{step}.pt"
+        with atomic_path(wpath) as tmp:
+            torch.save({"model": model.state_dict(), "opt": {k: o.state_dict() for k, o in opts.items()},
+                        "epoch": step, "torch_rng": torch.get_rng_state(), "D": data.D, "n": n, "K": cfg["K"]}, tmp)
+        run.mark_complete(wpath, step)
+        dt = time.time() - t0
+        rec = {"epoch": step, "loss_data": sums[0] / sums[3], "loss_prior": sums[1] / sums[3],
+               "rigidity": sums[2] / sums[3], "k_max": kmax, "lr_factor": fac, "z_std": zs.std(0).tolist(),
+               "epoch_s": dt}
+        run.append_metrics(rec)
+        run.write_final(step)
+        yield Metric("loss_data", rec["loss_data"], step)
+        yield Metric("rigidity", rec["rigidity"], step)
+        yield Artifact("checkpoint", wpath)
+        yield Artifact("latent", zpath)
+        yield Progress(step, total, f"epoch {step}: data {rec['loss_data']:.3f} rig {rec['rigidity']:.3g} ({dt:.1f}s)")
+    last = run.latest_step("weights", "pt")
+    return {"epoch": last, "run": run.path, "z": run.path / f"z.{last}.npy" if last else None}
+
+
+def _resolve_load(run: RunDir, load) -> Path:
+    if str(load) == "latest":
+        step = run.latest_step("weights", "pt")
+        if step is None:
+            raise InputError(run.path, "no complete checkpoint to resume from (--load latest)")
+        return run.path / f"weights.{step}.pt"
+    p = Path(load)
+    if not p.exists():
+        raise InputError(p, "checkpoint not found")
+    return p
+
+
+def load_trained(run, epoch: int | None = None):
+    """(model, config, epoch) from the latest (or given) complete checkpoint of a run directory.
+
+    Works while training still runs: only checkpoints with a valid ``.ok`` marker are used.
+    """
+    run = RunDir(run)
+    cfg = run.read_config()
+    step = run.latest_step("weights", "pt") if epoch is None else epoch
+    path = run.path / f"weights.{step}.pt"
+    if step is None or not run.is_complete(path):
+        raise InputError(run.path, "no complete checkpoint (weights.N.pt with its .ok marker)")
+    state = torch.load(path, weights_only=False)
+    mesh = TetraMesh.from_pickle(cfg["mesh"])
+    cons, _ = read_mrc(Path(cfg["prep"]) / "consensus.mrc")
+    model = FlexModel(mesh, int(state["D"]), int(state["n"]), int(state["K"]), cfg["hidden"], cfg["layers"], cons)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg, step

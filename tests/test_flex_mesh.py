@@ -1,0 +1,148 @@
+"""Flex mesh prep: regular tetrahedral mesh, barycentrics, pickle schema, segments and fusing."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cryo_napari.errors import InputError
+from cryo_napari.methods.flex.mesh import TetraMesh, make_tetramesh, parse_fuse, voxel_barycentrics
+from cryo_napari.methods.flex.model import flow_from_displacements
+from cryo_napari.simulate.heterogeneity import synthetic_map
+
+SCHEMA = {"tm_points", "tm_cells", "tm_tetraidx_map", "tm_rweights", "mask", "mask_soft", "N", "psize_A",
+          "tm_segments", "tm_fuse"}
+
+
+@pytest.fixture(scope="module")
+def vol():
+    return synthetic_map(32)
+
+
+@pytest.fixture(scope="module")
+def mesh(vol):
+    return make_tetramesh(vol, 3.0, cells=8)
+
+
+def _halves_labels(D=32):
+    seg = np.zeros((D, D, D), int)
+    seg[:, :, D // 2:] = 1  # x >= 16 is segment 1
+    return seg
+
+
+def test_every_masked_voxel_has_a_tetra_and_barycentrics_reproduce_positions(mesh):
+    m = mesh.mask > 0.5
+    assert m.sum() > 100
+    assert ((mesh.tetraidx_map >= 0) == m).all()
+    idx, cell, bary = voxel_barycentrics(mesh)
+    assert len(idx) == m.sum()
+    np.testing.assert_allclose(bary.sum(1), 1, atol=1e-12)
+    assert bary.min() > -1e-9  # each voxel lies inside its own tetra
+    pos = np.einsum("ma,mac->mc", bary, mesh.points[mesh.cells[cell]])
+    k = np.arange(32)
+    zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
+    true = np.stack([xx, yy, zz], -1).reshape(-1, 3)[idx]
+    np.testing.assert_allclose(pos, true, atol=1e-9)
+    # the mask covers the map's density and the soft mask contains the binary one
+    assert (mesh.mask_soft >= mesh.mask - 1e-6).all()
+    assert mesh.rweights.min() >= 0.5 - 1e-9 and mesh.rweights.max() <= 3.0 + 1e-9
+
+
+def test_cells_are_non_degenerate_and_fill_the_cubes(mesh):
+    P = mesh.points[mesh.cells]
+    vols = np.abs(np.linalg.det(P[:, 1:] - P[:, :1])) / 6
+    s = 32 / 8
+    np.testing.assert_allclose(vols, s**3 / 6, rtol=1e-9)
+
+
+def test_pickle_round_trip_and_plain_pickle_schema(mesh, tmp_path):
+    path = mesh.to_pickle(tmp_path / "mesh.pkl")
+    with open(path, "rb") as f:
+        d = pickle.load(f)
+    assert SCHEMA <= set(d)
+    assert isinstance(d["N"], int) and isinstance(d["psize_A"], float)
+    assert d["tm_points"].shape == mesh.points.shape and d["tm_cells"].shape == mesh.cells.shape
+    assert d["tm_tetraidx_map"].shape == (32, 32, 32)
+    back = TetraMesh.from_pickle(path)
+    np.testing.assert_allclose(back.points, mesh.points, atol=1e-5)
+    np.testing.assert_array_equal(back.cells, mesh.cells)
+    np.testing.assert_array_equal(back.tetraidx_map, mesh.tetraidx_map)
+    np.testing.assert_allclose(back.rweights, mesh.rweights, rtol=1e-6)
+
+
+def test_bad_mesh_pickle_is_one_line_input_error(tmp_path):
+    p = tmp_path / "bad.pkl"
+    p.write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match="bad.pkl"):
+        TetraMesh.from_pickle(p)
+    with open(p, "wb") as f:
+        pickle.dump({"tm_points": np.zeros((3, 3))}, f)
+    with pytest.raises(InputError, match="tm_cells"):
+        TetraMesh.from_pickle(p)
+
+
+def _flow_of_segment(m, seg_label, d=(1.5, 0.0, 0.0)):
+    moving = np.unique(m.cells[m.cell_segment == seg_label])
+    disp = torch.zeros(1, len(m.points), 3)
+    disp[0, moving] = torch.tensor(d)
+    idx, cell, bary = voxel_barycentrics(m)
+    flow = flow_from_displacements(disp, torch.as_tensor(idx), torch.as_tensor(m.cells[cell]),
+                                   torch.as_tensor(bary, dtype=torch.float32), m.N)[0]
+    ux = flow[0].reshape(-1)[idx].numpy()
+    return ux, m.cell_segment[cell]
+
+
+def test_unfused_segments_get_their_own_vertices_and_slide_apart(vol, mesh):
+    m = make_tetramesh(vol, 3.0, cells=8, segments=_halves_labels())
+    assert set(np.unique(m.cell_segment)) == {0, 1}
+    assert len(m.points) > len(mesh.points)  # boundary vertices duplicated
+    shared = np.intersect1d(m.cells[m.cell_segment == 0], m.cells[m.cell_segment == 1])
+    assert len(shared) == 0
+    ux, seg = _flow_of_segment(m, 1)
+    np.testing.assert_allclose(ux[seg == 0], 0, atol=1e-7)  # the other segment stays put
+    np.testing.assert_allclose(ux[seg == 1], 1.5, atol=1e-5)  # the whole segment moves rigidly
+    assert (seg == 0).sum() > 20 and (seg == 1).sum() > 20
+
+
+def test_fused_segments_share_boundary_vertices(vol, mesh):
+    m = make_tetramesh(vol, 3.0, cells=8, segments=_halves_labels(), fuse="0>1")
+    assert len(m.points) == len(mesh.points)
+    ux, seg = _flow_of_segment(m, 1)
+    assert (np.abs(ux[seg == 0]) > 1e-3).any()  # the fused neighbour is dragged along
+    np.testing.assert_array_equal(m.fuse, [[0, 1]])
+
+
+@pytest.mark.parametrize("spec,msg", [("0>1,1>0", "cycle"), ("0>1,1>2,2>0", "cycle"), ("0>2,1>2", "more than one parent"),
+                                      ("0>1,2>3", "not one tree"), ("0>7", "does not exist"), ("0-1", "PARENT>CHILD")])
+def test_fuse_spec_must_be_a_tree_of_known_segments(spec, msg):
+    with pytest.raises(InputError, match=msg) as err:
+        parse_fuse(spec, [0, 1, 2, 3])
+    assert "\n" not in str(err.value)
+
+
+def test_fuse_tree_breadth_first_accepts_trees():
+    np.testing.assert_array_equal(parse_fuse("0>3,0>4,3>2", [0, 2, 3, 4]), [[0, 3], [0, 4], [3, 2]])
+    assert parse_fuse(None, [0, 1]).shape == (0, 2)
+
+
+def test_rigid_segment_and_periphery_weights(vol):
+    m = make_tetramesh(vol, 3.0, cells=8, segments=_halves_labels(), rigid=(1,), stiffen_periphery=3.0)
+    assert (m.rweights[m.cell_segment == 1] == 20).all()
+    assert m.rweights[m.cell_segment == 0].max() <= 3.0
+    with pytest.raises(InputError, match="segment 5"):
+        make_tetramesh(vol, 3.0, cells=8, segments=_halves_labels(), rigid=(5,))
+
+
+def test_surface_and_previews(mesh, tmp_path):
+    v, f, vals = mesh.surface_for_napari()
+    assert v.shape[1] == 3 and f.shape[1] == 3 and len(vals) == len(v)
+    assert f.max() < len(v)
+    # every boundary edge of a closed surface is used by an even number of triangles
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    assert (counts % 2 == 0).all()
+    ply = mesh.write_preview(tmp_path / "m.ply").read_text().splitlines()
+    assert ply[0] == "ply" and f"element face {len(f)}" in ply
+    vtk = mesh.write_preview(tmp_path / "m.vtk").read_text()
+    assert f"CELLS {len(mesh.cells)} {5 * len(mesh.cells)}" in vtk

@@ -1,0 +1,159 @@
+"""Flex prep / train / generate / reconstruct end to end on a tiny domain-motion dataset (D=16)."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from cryo_napari.cli.main import main as cli
+from cryo_napari.errors import InputError
+from cryo_napari.io.mrc import read_mrc, write_mrc
+from cryo_napari.jobs.protocol import run_to_end
+from cryo_napari.jobs.rundir import RunDir
+
+N = 300
+D = 16
+TINY = ["--hidden", "16", "--layers", "2", "--batch-size", "50"]
+
+
+@pytest.fixture(scope="module")
+def flexdata(tmp_path_factory):
+    from cryo_napari.simulate.heterogeneity import domain_motion_series, synthetic_map
+    from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
+
+    out = tmp_path_factory.mktemp("flex")
+    vol = synthetic_map(D, seed=3)
+    maps, angles, _ = domain_motion_series(vol, 5, 15.0)
+    paths = simulate_dataset(maps, out / "sim", SimulationParams(n_particles=N, snr=1.0, apix=6.0, seed=1),
+                             extra_truth={"trajectory_angle_deg": angles})
+    write_mrc(out / "consensus.mrc", maps.mean(0), 6.0)
+    assert cli(["flex", "prep", str(paths["star"]), "-o", str(out / "prep"), "--train-box", str(D),
+                "--map", str(out / "consensus.mrc")]) == 0
+    assert cli(["flex", "mesh", str(out / "consensus.mrc"), "-o", str(out / "mesh.pkl"), "--cells", "4",
+                "--preview", str(out / "mesh.ply")]) == 0
+    return out, paths
+
+
+def test_prep_writes_cropped_stack_star_and_yaml(flexdata, tmp_path):
+    out, paths = flexdata
+    from cryo_napari.io.particles import load_particles
+
+    p = load_particles(out / "prep" / "particles.star")
+    assert len(p) == N and p.D == D and p.half is not None
+    src = load_particles(paths["star"])
+    np.testing.assert_array_equal(p.half, src.half)  # half-sets kept from the input
+    np.testing.assert_allclose(p.rotations, src.rotations, atol=1e-6)
+    # cropping to a smaller box with --max-particles
+    assert cli(["flex", "prep", str(paths["star"]), "-o", str(tmp_path / "p8"), "--train-box", "8",
+                "--max-particles", "40"]) == 0
+    q = load_particles(tmp_path / "p8" / "particles.star")
+    assert len(q) == 40 and q.D == 8
+    np.testing.assert_allclose(q.apix, 12.0)
+    np.testing.assert_allclose(q.shifts_px, src.shifts_px[np.load(tmp_path / "p8" / "indices.npy")] / 2, atol=1e-4)
+    assert read_mrc(tmp_path / "p8" / "consensus.mrc")[0].shape == (8, 8, 8)
+
+
+def test_train_checkpoints_resume_generate_and_reconstruct(flexdata, tmp_path):
+    out, _ = flexdata
+    run = tmp_path / "run"
+    base = ["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(run), *TINY]
+    assert cli([*base, "--epochs", "2"]) == 0
+    rd = RunDir(run)
+    assert rd.complete_steps("weights", "pt") == [1, 2]
+    assert rd.complete_steps("z", "npy") == [1, 2]
+    z2 = np.load(run / "z.2.npy")
+    assert z2.shape == (N, 2) and np.abs(z2).max() < 1.5
+    assert len(rd.read_metrics()) == 2
+    # resume: one extra epoch from the latest complete checkpoint
+    assert cli([*base, "--epochs", "2", "--extra-epochs", "1", "--load", "latest"]) == 0
+    assert rd.complete_steps("weights", "pt") == [1, 2, 3]
+    assert [m["epoch"] for m in rd.read_metrics()] == [1, 2, 3]
+    # a torn checkpoint (no valid marker) is ignored by the generator
+    (run / "weights.4.pt").write_bytes(b"partial")
+
+    gen = tmp_path / "gen"
+    assert cli(["flex", "generate", str(run), "-o", str(gen), "--frames", "5"]) == 0
+    from cryo_napari.methods.flex.train import load_trained
+
+    model, _, step = load_trained(run)
+    assert step == 3
+    canonical = model.V.detach().numpy()
+    for k in (1, 2):
+        series = np.load(gen / f"axis{k}" / "series.npy")
+        assert series.shape == (5, D, D, D)
+        np.testing.assert_allclose(series[2], canonical, atol=1e-5)  # zero latent in the middle
+        assert not np.allclose(series[0], series[4])
+        meta = json.loads((gen / f"axis{k}" / "series.json").read_text())
+        assert meta["epoch"] == 3 and len(meta["latents"]) == 5 and meta["latents"][2] == [0.0, 0.0]
+        assert len(list((gen / f"axis{k}").glob("*.mrc"))) == 5
+    assert cli(["flex", "generate", str(run), "-o", str(gen / "even"), "--frames", "4"]) == 2
+
+    # a user path and a high-resolution map (twice the box)
+    np.save(tmp_path / "path.npy", np.array([[0.0, 0.0], [0.5, 0.2], [1.0, 0.4]], np.float32))
+    hi = np.zeros((2 * D,) * 3, np.float32)
+    hi[D // 2 : 3 * D // 2, D // 2 : 3 * D // 2, D // 2 : 3 * D // 2] = 1.0
+    write_mrc(tmp_path / "hi.mrc", hi, 3.0)
+    assert cli(["flex", "generate", str(run), "-o", str(tmp_path / "gp"), "--path", str(tmp_path / "path.npy"),
+                "--map", str(tmp_path / "hi.mrc")]) == 0
+    sp = np.load(tmp_path / "gp" / "series.npy")
+    assert sp.shape == (3, 2 * D, 2 * D, 2 * D)
+    np.testing.assert_allclose(sp[0], hi, atol=1e-6)
+
+    rec = tmp_path / "rec"
+    assert cli(["flex", "reconstruct", str(run), "--prep", str(out / "prep"), "-o", str(rec), "--iters", "3",
+                "--max-particles", "80"]) == 0
+    for name in ("flex_map", "flex_half_1", "flex_half_2", "rigid_map", "rigid_half_1", "rigid_half_2"):
+        vol, apix = read_mrc(rec / f"{name}.mrc")
+        assert vol.shape == (D, D, D) and np.isfinite(vol).all() and vol.std() > 0
+    table = np.loadtxt(rec / "fsc.txt")
+    assert table.shape == (D // 2 + 1, 4) and table[1, 2] > 0.5 and table[1, 3] > 0.5
+    assert (rec / "fsc.png").stat().st_size > 1000
+
+
+def test_hand_built_mesh_dict_in_the_schema_trains(flexdata, tmp_path):
+    """A custom mesh: one cube of 5 tetrahedra (not our 6-split) covering the central region."""
+    out, _ = flexdata
+    from cryo_napari.methods.flex.train import flex_train_job
+
+    lo, hi = 3.0, 12.0
+    corners = np.array([[x, y, z] for z in (lo, hi) for y in (lo, hi) for x in (lo, hi)], np.float32)
+    # 5-tetra split of a cube (corner index = x + 2y + 4z)
+    cells = np.array([[0, 1, 2, 4], [1, 3, 2, 7], [1, 4, 5, 7], [2, 4, 6, 7], [1, 2, 4, 7]], np.int64)
+    k = np.arange(D)
+    zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
+    pos = np.stack([xx, yy, zz], -1).reshape(-1, 3).astype(np.float64)
+    tmap = np.full(D**3, -1, np.int32)
+    for c, tet in enumerate(cells):
+        P = corners[tet].astype(np.float64)
+        lam = np.linalg.solve((P[:3] - P[3]).T, (pos - P[3]).T).T
+        inside = (lam >= -1e-9).all(1) & (lam.sum(1) <= 1 + 1e-9) & (tmap < 0)
+        tmap[inside] = c
+    mask = (tmap >= 0).reshape(D, D, D).astype(np.float32)
+    mesh = {"tm_points": corners, "tm_cells": cells, "tm_tetraidx_map": tmap.reshape(D, D, D),
+            "tm_rweights": np.ones(5, np.float32), "mask": mask, "mask_soft": mask, "N": D, "psize_A": 6.0}
+    with open(tmp_path / "custom.pkl", "wb") as f:
+        pickle.dump(mesh, f)
+    res = run_to_end(flex_train_job(dict(prep=out / "prep", mesh=tmp_path / "custom.pkl", outdir=tmp_path / "run",
+                                         epochs=1, hidden=16, layers=2, batch_size=100)))
+    assert res["epoch"] == 1 and RunDir(tmp_path / "run").is_complete(tmp_path / "run" / "weights.1.pt")
+    assert (tmp_path / "run" / "mesh.pkl").exists()
+
+
+def test_bad_inputs_are_one_line_errors(flexdata, tmp_path, capsys):
+    out, _ = flexdata
+    assert cli(["flex", "train", str(tmp_path), "--mesh", str(out / "mesh.pkl"), "-o", str(tmp_path / "r")]) == 2
+    assert "prep.yaml" in capsys.readouterr().err
+    assert cli(["flex", "generate", str(tmp_path / "nope"), "-o", str(tmp_path / "g")]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+    seg = np.zeros((D,) * 3, np.float32)
+    seg[:, :, D // 2 :] = 1
+    write_mrc(tmp_path / "seg.mrc", seg, 6.0)
+    assert cli(["flex", "mesh", str(out / "consensus.mrc"), "-o", str(tmp_path / "m.pkl"), "--cells", "4",
+                "--segments", str(tmp_path / "seg.mrc"), "--fuse", "0>1,1>0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cycle" in err[0]
+    with pytest.raises(InputError):
+        from cryo_napari.methods.flex.generate import axis_paths
+
+        axis_paths(np.zeros((3, 2)), 4)
