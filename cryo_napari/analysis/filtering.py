@@ -1,0 +1,162 @@
+"""Particle selection from latent space: rules, their combination, and the filtered outputs.
+
+Every rule gives a boolean mask (N,) of particles to KEEP:
+
+* clusters: particles whose k-means / GMM cluster is one of the listed ones;
+* z-score: particles whose latent magnitude ``|z|`` has a z-score (over all particles) at most the
+  threshold (large-norm outliers, often junk, are removed);
+* polygon: particles strictly inside a polygon in UMAP, PCA or latent coordinates;
+* index file: particles listed in an index file (.npy, cryoDRGN .pkl, or text).
+
+Rules combine by intersection (default: each rule removes its rejects) or union, and the result
+can be inverted. Indices are positions in the run's latents (``z`` rows); when the run was
+trained on a subset (``ind``), the written ``indices.npy``/``ind.pkl`` map back to the rows of the
+particle file, so they work as ``train-vae --ind`` and for RELION/cryoSPARC subsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cryo_napari.errors import InputError
+
+
+@dataclass
+class RuleResult:
+    """A rule's name and keep-mask (N,)."""
+
+    name: str
+    keep: np.ndarray
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def removed(self) -> int:
+        return int((~self.keep).sum())
+
+
+def keep_clusters(labels, clusters) -> np.ndarray:
+    """Mask (N,) of particles whose label (N,) is in ``clusters``."""
+    labels = np.asarray(labels)
+    clusters = [int(c) for c in clusters]
+    n_lab = int(labels.max()) + 1 if labels.size else 0
+    bad = [c for c in clusters if not 0 <= c < n_lab]
+    if bad:
+        raise InputError(None, f"cluster {bad[0]} does not exist (clusters are 0..{n_lab - 1})")
+    return np.isin(labels, clusters)
+
+
+def latent_norm_zscore(z) -> np.ndarray:
+    """Z-score (N,) of the latent magnitudes ``|z_i|`` over all particles."""
+    r = np.linalg.norm(np.asarray(z, dtype=np.float64), axis=1)
+    sd = r.std()
+    return (r - r.mean()) / (sd if sd > 0 else 1.0)
+
+
+def keep_zscore(z, threshold: float) -> np.ndarray:
+    """Mask (N,): latent-magnitude z-score ≤ ``threshold``."""
+    return latent_norm_zscore(z) <= float(threshold)
+
+
+def keep_indices(ind, n: int) -> np.ndarray:
+    """Mask (N,) of the positions listed in ``ind`` (array or .npy/.pkl/.txt path)."""
+    from cryo_napari.io.particles import load_indices
+
+    m = np.zeros(n, dtype=bool)
+    m[load_indices(ind, n)] = True
+    return m
+
+
+def combine(results: list[RuleResult], mode: str = "intersect", invert: bool = False, n: int | None = None) -> np.ndarray:
+    """Combine rule masks by ``mode`` ('intersect' or 'union'); optionally invert. No rules keep all."""
+    if not results:
+        if n is None:
+            raise ValueError("no rules and no particle count")
+        keep = np.ones(n, dtype=bool)
+    else:
+        masks = np.stack([r.keep for r in results])
+        keep = masks.all(0) if mode == "intersect" else masks.any(0)
+    return ~keep if invert else keep
+
+
+def summary_lines(results: list[RuleResult], keep: np.ndarray, mode: str, invert: bool) -> list[str]:
+    """Human-readable kept/removed counts, one line per rule plus the total."""
+    n = len(keep)
+    lines = [f"{r.name}: keeps {r.kept} / {n}, removes {r.removed}" for r in results]
+    how = ("union" if mode == "union" else "intersection") + (", inverted" if invert else "")
+    lines.append(f"combined ({how}): kept {int(keep.sum())}, removed {int(n - keep.sum())} of {n}")
+    return lines
+
+
+def resolve_particle_file(particles, run_path) -> Path | None:
+    """The run's particle file as an existing path (absolute, relative to cwd, or to the run)."""
+    if not particles:
+        return None
+    p = Path(particles)
+    for cand in (p, Path(run_path) / p, Path(run_path).parent / p):
+        if cand.exists():
+            return cand
+    return None
+
+
+def run_indices(run, n: int) -> np.ndarray | None:
+    """Rows of the particle file behind the run's latents (the run's ``ind``), or None (identity)."""
+    if not getattr(run, "ind", None):
+        return None
+    from cryo_napari.io.particles import load_indices
+
+    p = resolve_particle_file(run.ind, run.path)
+    if p is None:
+        raise InputError(Path(str(run.ind)), "the run's index file is not found (needed to map back to the particle file)")
+    ind = load_indices(p)
+    if len(ind) != n:
+        raise InputError(p, f"{len(ind)} indices but the run has {n} latents")
+    return ind
+
+
+def write_selection(keep: np.ndarray, outdir, run=None, particles=None):
+    """Write ``indices.npy``, ``ind.pkl``, ``indices_in_run.npy`` and, when the particle file is a
+    .star or .cs, ``particles.star`` / ``particles.cs`` subsets. Yields (kind, path) pairs and
+    log lines as ('log', text)."""
+    from cryo_napari.io.cryodrgn import write_index_pkl
+    from cryo_napari.jobs.atomic import save_npy_atomic
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    pos = np.nonzero(keep)[0].astype(np.int64)
+    base = run_indices(run, len(keep)) if run is not None else None
+    rows = pos if base is None else base[pos]
+    yield "table", save_npy_atomic(out / "indices_in_run.npy", pos)
+    yield "table", save_npy_atomic(out / "indices.npy", rows)
+    yield "table", write_index_pkl(out / "ind.pkl", rows)
+    pfile = Path(particles) if particles else resolve_particle_file(getattr(run, "particles", None), getattr(run, "path", "."))
+    if pfile is None:
+        yield "log", "particle file not found: wrote indices only (give --particles for .star/.cs subsets)"
+        return
+    suffix = pfile.suffix.lower()
+    if suffix == ".star":
+        from cryo_napari.io.star import read_star_tables, write_star_subset
+
+        n_file = len(read_star_tables(pfile)[0])
+        _check_rows(pfile, n_file, len(keep), base)
+        yield "particles", write_star_subset(pfile, out / "particles.star", rows)
+    elif suffix == ".cs":
+        from cryo_napari.io.cryosparc import read_cs, write_cs_subset
+
+        n_file = len(read_cs(pfile))
+        _check_rows(pfile, n_file, len(keep), base)
+        yield "particles", write_cs_subset(pfile, out / "particles.cs", rows)
+    else:
+        yield "log", f"{pfile.name} is not a .star or .cs file: wrote indices only"
+
+
+def _check_rows(pfile, n_file, n_run, base):
+    if base is None and n_file != n_run:
+        raise InputError(pfile, f"{n_file} particles in the file but {n_run} latents in the run (was the run trained with --ind?)")
+    if base is not None and base.max() >= n_file:
+        raise InputError(pfile, f"the run's indices go up to {int(base.max())} but the file has {n_file} particles")
