@@ -1,0 +1,323 @@
+"""Job docks: one dock per job family, its form generated from the subcommand's argparse parser.
+
+A dock runs the subcommand's ``make_job(args)`` generator in a napari thread worker
+(:func:`napari.qt.threading.create_worker`), so the viewer never freezes:
+
+* ``Progress`` events drive the dock's progress bar and a napari activity-dock progress bar;
+* ``Metric`` events are plotted live (one line per metric name, matplotlib canvas in the dock);
+* ``Artifact`` events of kind ``"map"`` are opened as image layers when "load maps" is ticked;
+* ``Log`` events show in the status line (warnings also as notifications);
+* **Stop** calls ``worker.quit()``: the job stops at its next ``yield`` and the generator is
+  closed, so the outputs of the last complete step stay on disk;
+* an exception becomes ``napari.utils.notifications.show_error`` with its one-line message;
+* starting a second job while one runs is **refused** with a warning notification.
+
+Docks whose CLI module is not in this build show "not available in this build".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from cryo_napari.errors import InputError
+from cryo_napari.jobs.protocol import Artifact, Log, Metric, Progress
+from cryo_napari.napari._forms import FormError, build_form, parse_form, parser_for
+
+#: Minimum seconds between two redraws of the live plot.
+PLOT_INTERVAL_S = 0.25
+
+
+class JobFailed(Exception):
+    """A job raised ``RuntimeError`` (re-raised under this name: superqt would swallow it)."""
+
+
+def _drive(job):
+    """Run ``job`` inside the worker, re-raising ``RuntimeError`` so that it reaches ``errored``."""
+    try:
+        return (yield from job)
+    except RuntimeError as exc:
+        raise JobFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the user: ``InputError`` as is, anything else prefixed by its type."""
+    if isinstance(exc, (InputError, FormError, JobFailed)):
+        return " ".join(str(exc).split())
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _notify(kind: str, text: str) -> None:
+    from napari.utils import notifications
+
+    {"error": notifications.show_error, "warning": notifications.show_warning,
+     "info": notifications.show_info}[kind](text)
+
+
+class MetricPlot(QWidget):
+    """A small matplotlib canvas of metric values against step (one line per metric name)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.4), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.series: dict[str, tuple[list, list]] = {}
+        self._dirty = False
+        self._last = 0.0
+        self.n_draws = 0
+
+    def clear(self) -> None:
+        self.series.clear()
+        self.ax.clear()
+        self.canvas.draw_idle()
+
+    def add(self, name: str, step: int, value: float) -> None:
+        xs, ys = self.series.setdefault(name, ([], []))
+        xs.append(step)
+        ys.append(value)
+        self._dirty = True
+        if time.monotonic() - self._last > PLOT_INTERVAL_S:
+            self.redraw()
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self.ax.clear()
+        for name, (xs, ys) in self.series.items():
+            self.ax.plot(xs, ys, marker=".", label=name)
+        if self.series:
+            self.ax.legend(fontsize=7)
+        self.ax.set_xlabel("step")
+        self.canvas.draw_idle()
+        self._dirty = False
+        self._last = time.monotonic()
+        self.n_draws += 1
+
+
+class JobDock(QWidget):
+    """A dock that runs one subcommand's job (``cryo_napari.cli.<module>``) in a thread worker.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer, optional
+        Map artifacts open in this viewer.
+    module : str
+        CLI module name (``backproject``, ``train_vae``, ``class3d``, ``flex``, ``analyze``).
+    title : str
+        Shown in the activity dock and notifications.
+    """
+
+    def __init__(self, napari_viewer=None, module: str = "backproject", title: str | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.module_name = module
+        self.title = title or module.replace("_", "-")
+        self.worker = None
+        self.job = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.events: list = []
+        self.aborted = False
+        self._pbar = None
+        lay = QVBoxLayout(self)
+        try:
+            self.parser = parser_for(module)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("cryo_napari"):
+                raise
+            self.parser = self.form = None
+            self.available = False
+            lay.addWidget(QLabel(f"{self.title}: not available in this build ({exc.name} missing)"))
+            lay.addStretch(1)
+            return
+        self.available = True
+        self.form = build_form(self.parser)
+        lay.addWidget(self.form.container.native)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.load_maps = QCheckBox("load maps")
+        self.load_maps.setChecked(True)
+        self.load_maps.setToolTip("open each map the job writes as an image layer")
+        for w in (self.run_button, self.stop_button, self.load_maps):
+            row.addWidget(w)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        self.plot = MetricPlot()
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addWidget(self.plot)
+        self.run_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    # ------------------------------------------------------------------ actions
+    def start(self) -> bool:
+        """Parse the form, build the job with ``make_job(args)`` and start it.
+
+        Returns ``False`` (with a notification) when a job is running or the form/job is invalid.
+        """
+        if self.running:
+            _notify("warning", f"{self.title}: a job is already running; stop it or wait for it to finish")
+            return False
+        try:
+            import importlib
+
+            args = parse_form(self.form, self.parser)
+            mod = importlib.import_module(f"cryo_napari.cli.{self.module_name}")
+            job = mod.make_job(args)
+        except Exception as exc:  # bad form or make_job refused the input
+            self._fail(exc)
+            return False
+        return self.start_job(job)
+
+    def start_job(self, job, total: int = 0) -> bool:
+        """Run an already built job generator in a thread worker (the dock's engine).
+
+        Returns ``False`` with a notification when another job is running.
+        """
+        if self.running:
+            _notify("warning", f"{self.title}: a job is already running; stop it or wait for it to finish")
+            job.close()
+            return False
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self.job, self.result, self.error, self.events, self.aborted = job, None, None, [], False
+        self.plot.clear()
+        self.progress.setRange(0, 0)
+        self.status.setText("running")
+        self._pbar = progress(total=total or 0, desc=self.title)
+        worker = create_worker(_drive, job, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._fail)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Ask the job to stop at its next ``yield`` (its last complete step stays on disk)."""
+        if self.worker is not None:
+            self.status.setText("stopping at the next step…")
+            self.worker.quit()
+
+    # ------------------------------------------------------------------ worker signals
+    def _on_event(self, ev) -> None:
+        self.events.append(ev)
+        if isinstance(ev, Progress):
+            total = max(int(ev.total), 0)
+            self.progress.setRange(0, total)
+            if total:
+                self.progress.setValue(min(int(ev.step), total))
+            if self._pbar is not None:
+                self._pbar.total = total
+                self._pbar.n = int(ev.step)
+                if ev.message:
+                    self._pbar.set_description(f"{self.title}: {ev.message}")
+                self._pbar.refresh()
+            if ev.message:
+                self.status.setText(ev.message)
+        elif isinstance(ev, Metric):
+            self.plot.add(ev.name, ev.step, float(ev.value))
+        elif isinstance(ev, Log):
+            self.status.setText(ev.text)
+            if ev.level == "warning":
+                _notify("warning", f"{self.title}: {ev.text}")
+        elif isinstance(ev, Artifact) and ev.kind == "map":
+            if self.viewer is not None and self.load_maps.isChecked():
+                self._open_map(ev.path)
+
+    def _open_map(self, path) -> None:
+        from cryo_napari.napari._reader import read_layer
+
+        try:
+            data, kwargs, _ = read_layer(path)
+        except Exception as exc:  # a map we cannot read must not stop the job
+            _notify("warning", error_message(exc))
+            return
+        name = kwargs["name"]
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+        else:
+            self.viewer.add_image(data, **kwargs)
+
+    def _on_returned(self, result) -> None:
+        self.result = result
+        self.status.setText("done")
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        msg = error_message(exc)
+        if hasattr(self, "status"):
+            self.status.setText(f"error: {msg}")
+        _notify("error", msg)
+
+    def _on_aborted(self) -> None:
+        self.aborted = True
+        self.status.setText("stopped: the last complete step is on disk")
+
+    def _on_finished(self) -> None:
+        if self.aborted and self.job is not None:
+            self.job.close()  # run the job's finally blocks; the worker has left the generator
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.plot.redraw()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self.error is None and not self.aborted else 0)
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+
+
+def backproject_dock(napari_viewer=None) -> JobDock:
+    """Dock: reconstruct a map from particles with poses and CTF."""
+    return JobDock(napari_viewer, "backproject", "backproject")
+
+
+def train_vae_dock(napari_viewer=None) -> JobDock:
+    """Dock: train a VAE (cryoDRGN-style heterogeneous reconstruction)."""
+    return JobDock(napari_viewer, "train_vae", "train-vae")
+
+
+def class3d_dock(napari_viewer=None) -> JobDock:
+    """Dock: 3-D classification."""
+    return JobDock(napari_viewer, "class3d", "class3d")
+
+
+def flex_dock(napari_viewer=None) -> JobDock:
+    """Dock: flex prep / mesh / train / generate / reconstruct (choose the sub-command)."""
+    return JobDock(napari_viewer, "flex", "flex")
+
+
+def analyze_dock(napari_viewer=None) -> JobDock:
+    """Dock: analyse a VAE run (PCA/UMAP, k-means volumes)."""
+    return JobDock(napari_viewer, "analyze", "analyze")
+
+
+__all__ = ["JobDock", "MetricPlot", "backproject_dock", "train_vae_dock", "class3d_dock", "flex_dock",
+           "analyze_dock", "error_message"]
