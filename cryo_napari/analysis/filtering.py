@@ -3,8 +3,12 @@
 Every rule gives a boolean mask (N,) of particles to KEEP:
 
 * clusters: particles whose k-means / GMM cluster is one of the listed ones;
-* z-score: particles whose latent magnitude ``|z|`` has a z-score (over all particles) at most the
-  threshold (large-norm outliers, often junk, are removed);
+* z-score: particles whose latent magnitude ``|z|`` has a z-score at most the threshold
+  (large-norm outliers, often junk, are removed). The mean and standard deviation are those of
+  the bulk: particles beyond 4 robust σ (1.4826·MAD) of the median magnitude are set aside first,
+  so a junk population does not inflate the spread it is judged by (with 10% junk at 2-4× the
+  typical norm the all-particle σ doubles and a threshold of 2 keeps 10-20% of the junk). Without
+  gross outliers this is cryoDRGN's plain z-score;
 * polygon: particles strictly inside a polygon in UMAP, PCA or latent coordinates;
 * index file: particles listed in an index file (.npy, cryoDRGN .pkl, or text).
 
@@ -51,11 +55,27 @@ def keep_clusters(labels, clusters) -> np.ndarray:
     return np.isin(labels, clusters)
 
 
-def latent_norm_zscore(z) -> np.ndarray:
-    """Z-score (N,) of the latent magnitudes ``|z_i|`` over all particles."""
+#: particles farther than this many robust σ from the median magnitude are left out of the
+#: mean / standard deviation used by the z-score (they are still scored).
+GROSS_OUTLIER_ROBUST_SIGMA = 4.0
+
+
+def latent_norm_zscore(z, gross: float = GROSS_OUTLIER_ROBUST_SIGMA) -> np.ndarray:
+    """Z-score (N,) of the latent magnitudes ``r_i = |z_i|`` relative to the bulk.
+
+    ``(r - mean(r[bulk])) / std(r[bulk])`` where ``bulk`` = ``|r - median(r)| ≤ gross · 1.4826 ·
+    MAD(r)`` (all particles when the MAD is 0 or ``gross`` is None). On Gaussian-like magnitudes
+    with no gross outliers, ``bulk`` is (nearly) everything and this is the plain z-score.
+    """
     r = np.linalg.norm(np.asarray(z, dtype=np.float64), axis=1)
-    sd = r.std()
-    return (r - r.mean()) / (sd if sd > 0 else 1.0)
+    bulk = np.ones(len(r), dtype=bool)
+    if gross is not None and len(r) > 2:
+        med = np.median(r)
+        s = 1.4826 * np.median(np.abs(r - med))
+        if s > 0:
+            bulk = np.abs(r - med) <= gross * s
+    mu, sd = r[bulk].mean(), r[bulk].std()
+    return (r - mu) / (sd if sd > 0 else 1.0)
 
 
 def keep_zscore(z, threshold: float) -> np.ndarray:
@@ -139,18 +159,11 @@ def write_selection(keep: np.ndarray, outdir, run=None, particles=None):
         yield "log", "particle file not found: wrote indices only (give --particles for .star/.cs subsets)"
         return
     suffix = pfile.suffix.lower()
+    datadir = (getattr(run, "config", None) or {}).get("datadir") if run is not None else None
     if suffix == ".star":
-        from cryo_napari.io.star import read_star_tables, write_star_subset
-
-        n_file = len(read_star_tables(pfile)[0])
-        _check_rows(pfile, n_file, len(keep), base)
-        yield "particles", write_star_subset(pfile, out / "particles.star", rows)
+        yield "particles", write_star_selection(pfile, out / "particles.star", rows, len(keep), base, datadir)
     elif suffix == ".cs":
-        from cryo_napari.io.cryosparc import read_cs, write_cs_subset
-
-        n_file = len(read_cs(pfile))
-        _check_rows(pfile, n_file, len(keep), base)
-        yield "particles", write_cs_subset(pfile, out / "particles.cs", rows)
+        yield "particles", write_cs_selection(pfile, out / "particles.cs", rows, len(keep), base, datadir)
     else:
         yield "log", f"{pfile.name} is not a .star or .cs file: wrote indices only"
 
@@ -160,3 +173,63 @@ def _check_rows(pfile, n_file, n_run, base):
         raise InputError(pfile, f"{n_file} particles in the file but {n_run} latents in the run (was the run trained with --ind?)")
     if base is not None and base.max() >= n_file:
         raise InputError(pfile, f"the run's indices go up to {int(base.max())} but the file has {n_file} particles")
+
+
+def relocated_stack_name(name: str, src: Path, dst: Path, datadir=None) -> str:
+    """``name`` (a stack named in metadata file ``src``) as written in ``dst``: unchanged when it
+    resolves to the same file from ``dst``'s directory (absolute names, or both files in one
+    directory), otherwise the absolute path of the stack ``src`` uses. cryoSPARC's ``>`` prefix
+    is kept."""
+    import os
+
+    from cryo_napari.io.stacks import resolve_stack_path
+
+    prefix = ">" if name.startswith(">") else ""
+    target = resolve_stack_path(name, Path(src).parent, datadir, Path(src)).resolve()
+    here = Path(dst).parent / name.lstrip(">")
+    if here.exists() and here.resolve() == target:
+        return name
+    return prefix + os.fspath(target)
+
+
+def write_star_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path:
+    """Rows ``rows`` of STAR file ``src`` written to ``dst`` with every column and the optics table
+    (groups still used); ``rlnImageName`` rewritten with :func:`relocated_stack_name` so the
+    stacks resolve from ``dst`` (other path columns, e.g. micrographs, are left as they are)."""
+    from cryo_napari.io.star import read_star_tables, write_star
+
+    src, dst = Path(src), Path(dst)
+    particles, optics = read_star_tables(src)
+    _check_rows(src, len(particles), n_run, base)
+    sub = particles.iloc[np.asarray(rows)].reset_index(drop=True)
+    if optics is not None and "rlnOpticsGroup" in sub.columns:
+        used = set(sub["rlnOpticsGroup"].astype(int))
+        optics = optics[optics["rlnOpticsGroup"].astype(int).isin(used)].reset_index(drop=True)
+    if "rlnImageName" in sub.columns and len(sub):
+        refs = sub["rlnImageName"].astype(str).str.partition("@")
+        new = {n: relocated_stack_name(n, src, dst, datadir) for n in refs[2].unique()}
+        sub["rlnImageName"] = refs[0] + "@" + refs[2].map(new)
+    return write_star(dst, sub, optics)
+
+
+def write_cs_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path:
+    """Rows ``rows`` of cryoSPARC file ``src`` written to ``dst`` (all fields), ``blob/path``
+    rewritten with :func:`relocated_stack_name` (the field is widened when needed)."""
+    from cryo_napari.io.cryosparc import read_cs, write_cs
+
+    src, dst = Path(src), Path(dst)
+    data = read_cs(src)
+    _check_rows(src, len(data), n_run, base)
+    sub = data[np.asarray(rows)]
+    if "blob/path" not in (sub.dtype.names or ()) or not len(sub):
+        return write_cs(dst, sub)
+    raw = sub["blob/path"]
+    names = np.char.decode(raw.astype(bytes)) if raw.dtype.kind == "S" else raw.astype(str)
+    uniq, inv = np.unique(names, return_inverse=True)
+    new = np.array([relocated_stack_name(u, src, dst, datadir) for u in uniq])[inv]
+    width = max(int(raw.dtype.itemsize if raw.dtype.kind == "S" else 0), max(len(x.encode()) for x in new))
+    descr = [(f, (f"S{width}" if f == "blob/path" else sub.dtype.fields[f][0])) for f in sub.dtype.names]
+    out = np.empty(len(sub), dtype=np.dtype(descr))
+    for f in sub.dtype.names:
+        out[f] = np.char.encode(new) if f == "blob/path" else sub[f]
+    return write_cs(dst, out)

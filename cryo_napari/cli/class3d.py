@@ -5,7 +5,8 @@ Poses and shifts stay fixed from the input. O-EM warm-up on random batches, then
 at most --max-fem iterations. After every F-EM iteration RUN/iter_NNN/ holds class_KK.mrc
 (ranked by size, largest first), posterior.npy (N×K), class.npy, ess.npy, scales.npy and
 particles.star/.cs with class columns; RUN/final.json points to the last complete iteration;
-RUN/metrics.jsonl and RUN/diagnostics.png hold the diagnostics. Definitions: docs/class3d.md.
+RUN/metrics.jsonl and RUN/diagnostics.png hold the diagnostics. After a kill, the same command
+with --load latest continues from the last complete iteration. Definitions: docs/class3d.md.
 """
 
 from __future__ import annotations
@@ -37,11 +38,19 @@ def add_args(p):
     p.add_argument("--class-similarity", type=float, default=0.5,
                    help="posterior tempering s (0 = none; annealed to 0 by --anneal-end; default 0.5)")
     p.add_argument("--anneal-end", type=int, default=10, help="F-EM iteration where similarity reaches 0 (default 10)")
+    p.add_argument("--auto-similarity", action="store_true",
+                   help="tune the initial class similarity so the mean class ESS is --target-ess-frac·K")
+    p.add_argument("--target-ess-frac", type=float, default=0.75,
+                   help="target class ESS fraction for --auto-similarity (default 0.75)")
     p.add_argument("--hard", action="store_true", help="hard classification (posteriors 0/1)")
     p.add_argument("--scales", choices=["none", "input", "optimal"], default="input",
                    help="per-particle scale: none (1), input (alignments3D/alpha), optimal (least squares); default input")
     p.add_argument("--static-noise", action="store_true", help="keep the noise model of the first estimate")
     p.add_argument("--mask", help="solvent mask .mrc (default: auto from the consensus map)")
+    p.add_argument("--mask-threshold", type=float, default=0.15,
+                   help="auto mask: threshold as a fraction of the low-passed consensus maximum (default 0.15)")
+    p.add_argument("--mask-near", type=float, default=2.0, help="auto mask: dilation (near edge), px of the working box (default 2)")
+    p.add_argument("--mask-far", type=float, default=3.0, help="auto mask: soft edge width (far edge), px (default 3)")
     p.add_argument("--focus-mask", help="focus mask .mrc: classify on this region only")
     p.add_argument("--switch-conv", type=float, default=2.0, help="stop when class switches < this %% (default 2)")
     p.add_argument("--rms-conv", type=float, help="also stop when the mean RMS map change of 2 iterations < this")
@@ -49,6 +58,7 @@ def add_args(p):
     p.add_argument("--hard-recon", action="store_true", help="also write reconstructions from hard assignments")
     p.add_argument("--no-ctf", action="store_true", help="ignore CTF parameters")
     p.add_argument("--uninvert", action="store_true", help="the stack has dark particles (multiply by -1)")
+    p.add_argument("--load", help="resume the run in -o from 'latest' (or an iteration number) complete iteration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=256, help="particles per batch (memory)")
 

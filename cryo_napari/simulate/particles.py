@@ -143,7 +143,9 @@ def write_dataset(out: Path, images: np.ndarray, gt: dict, p: SimulationParams, 
         "rlnDefocusU": ctf.defocus_u_A, "rlnDefocusV": ctf.defocus_v_A,
         "rlnDefocusAngle": np.rad2deg(ctf.astig_angle_rad), "rlnPhaseShift": np.rad2deg(ctf.phase_shift_rad),
         "rlnCtfBfactor": ctf.bfactor_A2, "rlnOpticsGroup": np.ones(n, dtype=int),
-        "rlnRandomSubset": gt["half"].astype(int) + 1, "rlnClassNumber": gt["states"].astype(int) + 1,
+        "rlnRandomSubset": gt["half"].astype(int) + 1,
+        # one class, as after a consensus refinement: the true states are only in ground_truth.npz
+        "rlnClassNumber": np.ones(n, dtype=int),
     })
     write_star(out / "particles.star", particles, optics)
     dtype = [("uid", "<u8"), ("blob/path", "S64"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
@@ -169,7 +171,7 @@ def write_dataset(out: Path, images: np.ndarray, gt: dict, p: SimulationParams, 
     cs["alignments3D/pose"] = matrix_to_cryosparc_pose(gt["rotations"])
     cs["alignments3D/psize_A"] = p.apix
     cs["alignments3D/alpha"] = gt["scale"]
-    cs["alignments3D/class"] = gt["states"]
+    cs["alignments3D/class"] = 0  # consensus refinement: one class; the truth is only in ground_truth.npz
     write_cs(out / "particles.cs", cs)
     write_poses_pkl(out / "poses.pkl", gt["rotations"], gt["shifts_px"], D)
     write_ctf_pkl(out / "ctf.pkl", ctf, D, p.apix)

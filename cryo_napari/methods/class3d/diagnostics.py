@@ -51,6 +51,44 @@ def rms_change(maps: np.ndarray, prev_maps: np.ndarray, consensus: np.ndarray, s
     return float(np.sum(w * per)), per
 
 
+def class_distinctness(maps: np.ndarray, consensus: np.ndarray) -> tuple[float, float]:
+    """How different the class maps are from each other (the "all classes look the same" check).
+
+    Returns ``(diff_min, corr_max)`` over all pairs a < b: ``diff_min`` is the smallest
+    ``sqrt(mean (V_a − V_b)²) / sqrt(mean C²)`` (relative RMS difference, C the consensus) and
+    ``corr_max`` the largest Pearson correlation of the two maps over voxels. (nan, nan) for K = 1.
+    Maps should be masked the same way as the consensus.
+    """
+    K = len(maps)
+    if K < 2:
+        return float("nan"), float("nan")
+    flat = np.asarray(maps, dtype=np.float64).reshape(K, -1)
+    ref = float(np.sqrt(np.mean(np.square(consensus)))) + EPS
+    z = flat - flat.mean(1, keepdims=True)
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + EPS
+    corr = z @ z.T
+    iu = np.triu_indices(K, 1)
+    diff = np.array([np.sqrt(np.mean(np.square(flat[a] - flat[b]))) for a, b in zip(*iu)]) / ref
+    return float(diff.min()), float(corr[iu].max())
+
+
+def classes_look_alike(mean_ess: float, K: int, corr_max: float, ess_frac: float = 0.9,
+                       corr: float = 0.995) -> str | None:
+    """A warning text when classes are not separated (None otherwise): mean class ESS above
+    ``ess_frac``·K (posteriors nearly uniform) or two class maps correlated above ``corr``."""
+    if K < 2:
+        return None
+    why = []
+    if mean_ess > ess_frac * K:
+        why.append(f"mean class ESS {mean_ess:.2f} of K={K} (particles spread over all classes)")
+    if np.isfinite(corr_max) and corr_max > corr:
+        why.append(f"two class maps correlate at {corr_max:.4f}")
+    if not why:
+        return None
+    return ("classes look alike: " + "; ".join(why) + ". Try fewer classes, a focus mask on the "
+            "variable region, a lower --target-res, --hard-recon, or check the poses")
+
+
 def scales_all_one(scales: np.ndarray, tol: float = 1e-6) -> bool:
     """True when every per-particle scale equals 1 (i.e. scales were not applied)."""
     return bool(np.all(np.abs(np.asarray(scales) - 1.0) <= tol))
@@ -85,8 +123,14 @@ def plot_diagnostics(path, history: list[dict], ess: np.ndarray, scales: np.ndar
     ax[0, 2].legend(fontsize=7)
     ax[1, 0].hist(ess, bins=np.linspace(1, max(K, 1.01), 30))
     ax[1, 0].set_title(f"class ESS per particle (mean {np.mean(ess):.3f})")
-    ax[1, 1].plot(it, [h["mean_ess"] for h in history], marker="o")
-    ax[1, 1].set_title("mean class ESS")
+    ax[1, 1].plot(it, [h["mean_ess"] for h in history], marker="o", label="mean class ESS")
+    cm = [(i, h["class_corr_max"]) for i, h in zip(it, history)
+          if h.get("class_corr_max") is not None and np.isfinite(h["class_corr_max"])]
+    if cm:
+        tw = ax[1, 1].twinx()
+        tw.plot([a for a, _ in cm], [b for _, b in cm], color="C3", marker="x", label="max map corr.")
+        tw.set_ylabel("max class-map correlation", color="C3", fontsize=7)
+    ax[1, 1].set_title("mean class ESS / max map correlation")
     ax[1, 1].set_xlabel("F-EM iteration")
     ax[1, 2].hist(scales, bins=40)
     if scales_all_one(scales):

@@ -55,6 +55,32 @@ def tempered_posteriors(loglik: np.ndarray, similarity: float, hard: bool) -> np
     return p / p.sum(axis=1, keepdims=True)
 
 
+def tune_similarity(loglik: np.ndarray, target_frac: float = 0.75, s_max: float = 1e3) -> float:
+    """Similarity s ≥ 0 whose tempered posteriors have mean class ESS ``target_frac``·K
+    (cryoSPARC's "target class ESS fraction"); bisection on log s (ESS grows with s).
+    0 when the exact posteriors already reach the target; ``s_max`` if it cannot be reached."""
+    K = loglik.shape[1]
+    if K < 2:
+        return 0.0
+
+    def frac(s):
+        p = tempered_posteriors(loglik, s, False)
+        return float(np.mean(1.0 / np.sum(p * p, axis=1))) / K
+
+    if frac(0.0) >= target_frac:
+        return 0.0
+    if frac(s_max) < target_frac:
+        return s_max
+    lo, hi = -8.0, float(np.log10(s_max))
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if frac(10.0 ** mid) < target_frac:
+            lo = mid
+        else:
+            hi = mid
+    return float(10.0 ** hi)
+
+
 def project_at(vol_ft: torch.Tensor, rotations: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
     """Central-slice samples of a padded volume transform (:func:`volume_to_fourier`, pad 2) at
     the 2-D frequencies ``k2`` (P, 2) for poses (B, 3, 3) → complex (B, P). Same trilinear

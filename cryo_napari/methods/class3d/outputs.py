@@ -9,7 +9,9 @@ Files: ``class_KK.mrc`` (FSC-weighted class maps at the working box), ``class_KK
 (``--hard-recon``), ``posterior.npy`` (N, K) float32, ``class.npy`` (N,) int (0-based),
 ``ess.npy`` (N,), ``scales.npy`` (N,), ``particles.star`` (rlnClassNumber 1-based,
 rlnMaxValueProbDistribution) or ``particles.cs`` (alignments3D/class 0-based,
-alignments3D/class_posterior).
+alignments3D/class_posterior), one ``particles_class_KK.star``/``.cs`` per class (the particles
+whose arg-max class is KK, for a downstream refinement) and ``metrics.json`` (this iteration's
+``metrics.jsonl`` record, written before the marker so outputs and metrics always agree).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from cryo_napari.errors import InputError
 from cryo_napari.io.cryosparc import read_cs, write_cs
 from cryo_napari.io.mrc import read_mrc, write_mrc
 from cryo_napari.io.star import read_star_tables, write_star
-from cryo_napari.jobs.atomic import save_npy_atomic
-from cryo_napari.jobs.rundir import RunDir
+from cryo_napari.jobs.atomic import save_npy_atomic, write_text_atomic
+from cryo_napari.jobs.rundir import RunDir, _plain
 
 
 def iter_dir(run: Path, step: int) -> Path:
@@ -56,6 +58,23 @@ class TableWriter:
                 "alignments3D/class": labels.astype("<u4"), "alignments3D/class_posterior": post_max.astype("<f4")}))
         return None
 
+    def write_per_class(self, outdir: Path, labels: np.ndarray, post_max: np.ndarray, K: int) -> list[Path]:
+        """``particles_class_KK.<ext>``: the rows whose arg-max class is KK (1-based, ranked)."""
+        out = []
+        for k in range(K):
+            sel = np.nonzero(labels == k)[0]
+            name = f"particles_class_{k + 1:02d}"
+            if self.kind == "star":
+                t = self.table.iloc[sel].reset_index(drop=True).copy()
+                t["rlnClassNumber"] = k + 1
+                t["rlnMaxValueProbDistribution"] = post_max[sel].astype(float)
+                out.append(write_star(outdir / f"{name}.star", t, self.optics))
+            elif self.kind == "cs":
+                out.append(write_cs(outdir / f"{name}.cs", add_cs_fields(self.table[sel], {
+                    "alignments3D/class": np.full(len(sel), k, "<u4"),
+                    "alignments3D/class_posterior": post_max[sel].astype("<f4")})))
+        return out
+
 
 def add_cs_fields(data: np.ndarray, fields: dict) -> np.ndarray:
     """A copy of a structured array with ``fields`` (name → (N,) array) added or replaced."""
@@ -72,8 +91,9 @@ def add_cs_fields(data: np.ndarray, fields: dict) -> np.ndarray:
 
 def write_iteration(run: RunDir, step: int, maps: np.ndarray, post: np.ndarray, labels: np.ndarray,
                     ess: np.ndarray, scales: np.ndarray, apix: float, table: TableWriter | None,
-                    hard_maps: np.ndarray | None = None) -> Path:
-    """Write ``iter_NNN/`` (maps/posteriors already ranked by size) and its completeness marker."""
+                    hard_maps: np.ndarray | None = None, record: dict | None = None) -> Path:
+    """Write ``iter_NNN/`` (maps/posteriors already ranked by size), ``record`` as
+    ``metrics.json``, and last the completeness marker."""
     out = iter_dir(run.path, step)
     out.mkdir(parents=True, exist_ok=True)
     for k, m in enumerate(maps):
@@ -86,6 +106,9 @@ def write_iteration(run: RunDir, step: int, maps: np.ndarray, post: np.ndarray, 
     save_npy_atomic(out / "scales.npy", scales.astype(np.float32))
     if table is not None:
         table.write(out, labels, post.max(axis=1))
+        table.write_per_class(out, labels, post.max(axis=1), len(maps))
+    if record is not None:
+        write_text_atomic(out / "metrics.json", json.dumps(_plain(record)))
     save_npy_atomic(out / "posterior.npy", post.astype(np.float32))
     run.mark_complete(out / "posterior.npy", step)
     return out
@@ -105,7 +128,8 @@ def load_iteration(run, step: int | None = None) -> dict:
     """Outputs of iteration ``step`` (default: the last complete one) with its metrics line.
 
     Returns a dict with ``step``, ``posterior``, ``labels``, ``ess``, ``scales``, ``maps``
-    (K, d, d, d), ``metrics`` (the metrics.jsonl record of that iteration, or None).
+    (K, d, d, d), ``metrics`` (the record of that iteration: ``iter_NNN/metrics.json``, else its
+    ``metrics.jsonl`` line, else None).
     """
     run = Path(run)
     steps = complete_iterations(run)
@@ -120,6 +144,10 @@ def load_iteration(run, step: int | None = None) -> dict:
     d = iter_dir(run, step)
     post = np.load(d / "posterior.npy")
     maps = np.stack([read_mrc(p)[0] for p in sorted(d.glob("class_[0-9][0-9].mrc"))])
-    metrics = next((m for m in RunDir(run).read_metrics() if m.get("phase") == "fem" and m.get("iteration") == step), None)
+    if (d / "metrics.json").exists():
+        metrics = json.loads((d / "metrics.json").read_text())
+    else:
+        metrics = next((m for m in RunDir(run).read_metrics()
+                        if m.get("phase") == "fem" and m.get("iteration") == step), None)
     return {"step": step, "posterior": post, "labels": np.load(d / "class.npy"), "ess": np.load(d / "ess.npy"),
             "scales": np.load(d / "scales.npy"), "maps": maps, "metrics": metrics, "dir": d}

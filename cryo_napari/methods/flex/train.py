@@ -51,6 +51,19 @@ def load_mesh(mesh) -> TetraMesh:
     return TetraMesh.from_pickle(mesh)
 
 
+def check_mesh_box(mesh: TetraMesh, D: int, apix: float, source="--mesh") -> None:
+    """Raise InputError unless the mesh covers the particles' box: ``N·psize_A ≈ D·apix`` (1 %).
+
+    The mesh may be made at another sampling (e.g. the full-box consensus) but must span the same
+    physical box in Å, or the deformation would be applied to the wrong place.
+    """
+    side_mesh, side_data = mesh.N * mesh.psize_A, D * apix
+    if abs(side_mesh - side_data) > 0.01 * side_data:
+        raise InputError(source, f"mesh box {mesh.N} px × {mesh.psize_A:.3f} Å = {side_mesh:.1f} Å differs from the "
+                                 f"particles' box {D} px × {apix:.3f} Å = {side_data:.1f} Å; make the mesh from "
+                                 "this dataset's consensus map")
+
+
 class FlexData:
     """Cropped particles of a PREP directory in memory (float32 images, poses, shifts, CTF)."""
 
@@ -119,6 +132,7 @@ def flex_train_job(config: dict) -> Job:
     run = RunDir(cfg["outdir"]).create()
     data = FlexData(cfg["prep"])
     mesh = load_mesh(cfg["mesh"])
+    check_mesh_box(mesh, data.D, data.apix, cfg["mesh"] if isinstance(cfg["mesh"], (str, Path)) else "--mesh")
     mesh_path = run.path / "mesh.pkl"
     model = build_model(cfg, data, mesh)
     v_scale = float(np.std(data.consensus)) or 1.0
@@ -132,7 +146,11 @@ def flex_train_job(config: dict) -> Job:
             o.load_state_dict(state["opt"][k])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["epoch"])
-        yield Log("info", f"resumed from {ck.name} (epoch {start})")
+        stale = [p for p in run.path.glob(".tmp-*") if p.is_file()]
+        for p in stale:  # temporary files of a killed run (never under a final name)
+            p.unlink(missing_ok=True)
+        yield Log("info", f"resumed from {ck.name} (epoch {start})"
+                          + (f"; removed {len(stale)} temporary file(s) of the interrupted run" if stale else ""))
     else:
         mesh.to_pickle(mesh_path)
         cfg_out = {k: v for k, v in cfg.items() if k != "mesh"}
