@@ -17,7 +17,7 @@ import numpy as np
 from cryo_napari.errors import InputError
 from cryo_napari.geometry.rotations import viewing_directions
 from cryo_napari.io.mrc import read_header
-from cryo_napari.io.particles import ParticleData, load_particles
+from cryo_napari.io.particles import ParticleData, find_duplicate_particles, load_particles
 from cryo_napari.io.star import read_star_tables
 
 #: number of equal-area cells on the viewing-direction hemisphere
@@ -173,9 +173,14 @@ def summarise(path, datadir=None) -> dict:
     if pdata.images is not None:
         src = pdata.images
         imgs = src.read(np.arange(min(N_STAT_IMAGES, len(src))))  # raw file values (no sign applied)
+        bad = ~np.isfinite(imgs).reshape(len(imgs), -1).all(axis=1)
+        good = imgs[~bad]
         info["stack"] = {"files": len(src.files), "images": len(src), "box_px": int(src.D),
                          "voxel_size_A": _num(src.apix_header), "first_images": len(imgs),
-                         "mean": _num(imgs.mean(dtype=np.float64)), "std": _num(imgs.std(dtype=np.float64))}
+                         "mean": _num(good.mean(dtype=np.float64)) if len(good) else None,
+                         "std": _num(good.std(dtype=np.float64)) if len(good) else None,
+                         "nonfinite_images": int(bad.sum())}
+        info["duplicates"] = int(len(find_duplicate_particles(pdata)))
     return info
 
 
@@ -224,7 +229,16 @@ def format_summary(info: dict) -> str:
     if s is not None:
         lines.append(f"stack: {s['images']} images in {s['files']} file(s), box {s['box_px']} px, "
                      f"header voxel size {_fmt(s['voxel_size_A'], 4)} Å")
-        lines.append(f"  first {s['first_images']} images: mean {s['mean']:.4g}, std {s['std']:.4g}")
+        if s["mean"] is None:
+            lines.append(f"  first {s['first_images']} images: no finite pixel values")
+        else:
+            lines.append(f"  first {s['first_images']} images: mean {s['mean']:.4g}, std {s['std']:.4g}")
+        if s.get("nonfinite_images"):
+            lines.append(f"  WARNING: {s['nonfinite_images']} of the first {s['first_images']} images hold NaN/inf "
+                         "pixels (processing jobs will refuse this stack)")
+    if info.get("duplicates"):
+        lines.append(f"WARNING: {info['duplicates']} duplicate particle(s) (same image and pose as an earlier row); "
+                     "processing jobs refuse them: remove duplicates first")
     return "\n".join(lines)
 
 

@@ -36,7 +36,10 @@ def _check(path: Path, mrc) -> None:
     expected = int(mrc.header.nx) * int(mrc.header.ny) * int(mrc.header.nz)
     if mrc.data.size != expected:
         raise InputError(path, f"truncated: header says {mrc.header.nx}x{mrc.header.ny}x{mrc.header.nz} values, file holds {mrc.data.size}")
-    if mrc.data.dtype.kind not in "fiu" and mrc.data.dtype != np.complex64:
+    if mrc.data.dtype.kind == "c":
+        raise InputError(path, f"MRC mode {int(mrc.header.mode)} holds complex (Fourier-space) values; "
+                               "real-space images or maps are required")
+    if mrc.data.dtype.kind not in "fiu":
         raise InputError(path, f"unsupported MRC mode {int(mrc.header.mode)}")
 
 

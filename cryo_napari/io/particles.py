@@ -298,7 +298,35 @@ def load_particles(path, datadir=None, poses=None, ctf=None, ind=None, require_p
         raise InputError(path, f"poses are required but the file has {what}")
     if ind is not None:
         pdata = pdata.subset(load_indices(ind, len(pdata)))
+    if require_poses:
+        dup = find_duplicate_particles(pdata)
+        if len(dup):
+            raise InputError(path, f"{len(dup)} duplicate particle(s): same image and same pose as an earlier row "
+                                   f"(first: row {int(pdata.source_index[dup[0]]) + 1}); remove duplicates first "
+                                   "(RELION Subset selection → Remove duplicates, cryoSPARC Remove Duplicates)")
     return pdata
+
+
+def find_duplicate_particles(pdata: ParticleData) -> np.ndarray:
+    """Positions of particles repeating an earlier one (same image, same pose and shift).
+
+    The same image with a different pose (symmetry expansion) is not a duplicate.
+
+    Returns
+    -------
+    (M,) int positions in ``pdata`` of the second and later copies, ascending.
+    """
+    if pdata.images is None or len(pdata) < 2:
+        return np.zeros(0, dtype=np.int64)
+    src = pdata.images
+    key = np.column_stack([src.file_index, src.image_index]).astype(np.float64)
+    if pdata.rotations is not None:
+        key = np.column_stack([key, np.round(pdata.rotations.reshape(len(pdata), -1), 5),
+                               np.round(pdata.shifts_px, 3)])
+    _, first = np.unique(key, axis=0, return_index=True)
+    dup = np.ones(len(pdata), dtype=bool)
+    dup[first] = False
+    return np.nonzero(dup)[0]
 
 
 def load_indices(ind, n: int | None = None) -> np.ndarray:
