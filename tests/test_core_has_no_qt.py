@@ -75,3 +75,17 @@ def test_plugin_io_modules_import_without_qt():
     """The reader/writer/sample-data hooks return LayerData tuples; they need no GUI."""
     result = _run(_IMPORT_PLUGIN.format(gui=GUI_MODULES))
     assert result["gui"] == [], f"plugin I/O modules imported GUI modules {result['gui']}"
+
+
+_IMPORT_LAZY = r"""
+import json, sys
+import cryo_napari.cli.main, cryo_napari.napari._reader, cryo_napari.napari._writer
+import cryo_napari.napari._sample_data, cryo_napari.napari._jobs, cryo_napari.napari._latent_explorer
+print(json.dumps({"heavy": sorted(m for m in ("torch", "umap", "numba", "sklearn") if m in sys.modules)}))
+"""
+
+
+def test_napari_start_up_does_not_import_torch_or_umap():
+    """napari loads our manifest and docks at start-up: torch and umap must load only when a job runs."""
+    result = _run(_IMPORT_LAZY)
+    assert result["heavy"] == [], f"imported at start-up: {result['heavy']}"
