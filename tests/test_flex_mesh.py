@@ -146,3 +146,38 @@ def test_surface_and_previews(mesh, tmp_path):
     assert ply[0] == "ply" and f"element face {len(f)}" in ply
     vtk = mesh.write_preview(tmp_path / "m.vtk").read_text()
     assert f"CELLS {len(mesh.cells)} {5 * len(mesh.cells)}" in vtk
+
+
+def test_generated_series_lets_unfused_segments_slide_apart(vol):
+    """Through the generator: segment 1 moves 3 px along x with the latent, segment 0 is untouched,
+    and the unfused boundary carries the full jump (a fused mesh drags its neighbour along)."""
+    from cryo_napari.methods.flex.generate import generate_series
+    from cryo_napari.methods.flex.model import FlexModel
+
+    class SlideSegment(torch.nn.Module):
+        def __init__(self, moving, P):
+            super().__init__()
+            self.register_buffer("d", torch.zeros(P, 3))
+            self.d[moving, 0] = 3.0
+
+        def forward(self, z):
+            return z[:, :1, None] * self.d[None]
+
+    frames = {}
+    for fuse in (None, "0>1"):
+        m = make_tetramesh(vol, 3.0, cells=8, segments=_halves_labels(), fuse=fuse)
+        model = FlexModel(m, 32, 1, K=1, hidden=4, layers=1, V0=vol)
+        model.generator = SlideSegment(np.unique(m.cells[m.cell_segment == 1]), len(m.points))
+        frames[fuse] = (m, generate_series(model, m, np.array([[0.0], [1.0]], np.float32)))
+    m, series = frames[None]
+    np.testing.assert_allclose(series[0], vol, atol=1e-5)  # zero latent: the canonical map
+    seg = m.cell_segment[np.maximum(m.tetraidx_map, 0)] * (m.tetraidx_map >= 0) + (m.tetraidx_map < 0) * -1
+    left = seg == 0
+    np.testing.assert_allclose(series[1][left], vol[left], atol=1e-5)  # segment 0 stays put
+    right = (seg == 1) & (np.arange(32)[None, None, :] >= 19)
+    shifted = np.roll(vol, 3, axis=2)  # V(x − 3)
+    np.testing.assert_allclose(series[1][right], shifted[right], atol=1e-4)  # segment 1 slid by 3 px
+    mf, fused = frames["0>1"]
+    segf = mf.cell_segment[np.maximum(mf.tetraidx_map, 0)] * (mf.tetraidx_map >= 0) + (mf.tetraidx_map < 0) * -1
+    dragged = np.abs(fused[1] - vol)[segf == 0].max()
+    assert dragged > 10 * np.abs(series[1] - vol)[left].max() + 1e-3  # fused: segment 0 deforms too

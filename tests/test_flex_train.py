@@ -157,3 +157,40 @@ def test_bad_inputs_are_one_line_errors(flexdata, tmp_path, capsys):
         from cryo_napari.methods.flex.generate import axis_paths
 
         axis_paths(np.zeros((3, 2)), 4)
+
+
+def test_segments_not_a_tree_and_mesh_for_another_box_are_one_line_errors(flexdata, tmp_path, capsys):
+    out, _ = flexdata
+    seg = np.zeros((D,) * 3, np.float32)
+    seg[:, :, D // 2 :] = 1
+    seg[:, D // 2 :, D // 2 :] = 2  # three touching segments
+    write_mrc(tmp_path / "seg3.mrc", seg, 6.0)
+    mesh = ["flex", "mesh", str(out / "consensus.mrc"), "-o", str(tmp_path / "m.pkl"), "--cells", "4",
+            "--segments", str(tmp_path / "seg3.mrc")]
+    for fuse, msg in (("0>2,1>2", "more than one parent"), ("0>1,1>2,2>0", "cycle"), ("0>1,0>5", "does not exist")):
+        assert cli([*mesh, "--fuse", fuse]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0] and "--fuse" in err[0], err
+    assert not (tmp_path / "m.pkl").exists()
+    assert cli([*mesh, "--fuse", "0>1,1>2"]) == 0  # a tree is fine
+    # a mesh made for a box of another physical size (same pixels, half the pixel size)
+    vol, _ = read_mrc(out / "consensus.mrc")
+    write_mrc(tmp_path / "small.mrc", vol, 3.0)
+    assert cli(["flex", "mesh", str(tmp_path / "small.mrc"), "-o", str(tmp_path / "small.pkl"), "--cells", "4"]) == 0
+    capsys.readouterr()
+    assert cli(["flex", "train", str(out / "prep"), "--mesh", str(tmp_path / "small.pkl"), "-o", str(tmp_path / "r"),
+                *TINY, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "small.pkl" in err[0] and "48.0 Å" in err[0] and "96.0 Å" in err[0], err
+    assert not list((tmp_path / "r").glob("weights.*"))
+
+
+def test_schedule_anneals_learning_rate_and_band():
+    from cryo_napari.methods.flex.train import DEFAULTS, schedule
+
+    cfg = {**DEFAULTS, "epochs": 5}
+    f0, k0 = schedule(cfg, 0, 64)
+    f4, k4 = schedule(cfg, 4, 64)
+    assert f0 == pytest.approx(1.0) and f4 == pytest.approx(0.1)
+    assert k0 == pytest.approx(0.3 * 32) and k4 == pytest.approx(0.8 * 32)  # up to 0.8 × Nyquist
+    assert schedule(cfg, 7, 64) == (f4, k4)  # extra epochs stay at the final settings
