@@ -7,8 +7,9 @@ Every rule gives a boolean mask (N,) of particles to KEEP:
   (large-norm outliers, often junk, are removed). The mean and standard deviation are those of
   the bulk: particles beyond 4 robust σ (1.4826·MAD) of the median magnitude are set aside first,
   so a junk population does not inflate the spread it is judged by (with 10% junk at 2-4× the
-  typical norm the all-particle σ doubles and a threshold of 2 keeps 10-20% of the junk). Without
-  gross outliers this is cryoDRGN's plain z-score;
+  typical norm the all-particle σ is 2-4.6× that of the good particles and a threshold of 2 keeps
+  8-22% of the junk; tests/test_analysis_filtering.py). Without gross outliers this is cryoDRGN's
+  plain z-score;
 * polygon: particles strictly inside a polygon in UMAP, PCA or latent coordinates;
 * index file: particles listed in an index file (.npy, cryoDRGN .pkl, or text).
 
@@ -168,7 +169,25 @@ def write_selection(keep: np.ndarray, outdir, run=None, particles=None):
         yield "log", f"{pfile.name} is not a .star or .cs file: wrote indices only"
 
 
+def write_particle_subset(src, dst, rows, datadir=None) -> Path:
+    """Rows ``rows`` (particle-file rows) of a ``.star`` / ``.cs`` file ``src`` written to ``dst``
+    with image paths that resolve from ``dst`` (used by the napari latent explorer's export)."""
+    suffix = Path(src).suffix.lower()
+    if suffix == ".star":
+        return write_star_selection(src, dst, rows, datadir=datadir)
+    if suffix == ".cs":
+        return write_cs_selection(src, dst, rows, datadir=datadir)
+    raise InputError(Path(src), "filtered export needs a .star or .cs particle file (save indices for stacks)")
+
+
 def _check_rows(pfile, n_file, n_run, base):
+    """Rows of a ``n_file``-particle file for ``n_run`` latents (``base``: the run's ind); with
+    ``n_run`` None only that ``base`` (the rows written) is in range."""
+    if n_run is None:
+        bad = np.asarray(base)[(np.asarray(base) < 0) | (np.asarray(base) >= n_file)] if base is not None else []
+        if len(bad):
+            raise InputError(pfile, f"row {int(bad[0])} out of range for {n_file} particles")
+        return
     if base is None and n_file != n_run:
         raise InputError(pfile, f"{n_file} particles in the file but {n_run} latents in the run (was the run trained with --ind?)")
     if base is not None and base.max() >= n_file:
@@ -192,7 +211,7 @@ def relocated_stack_name(name: str, src: Path, dst: Path, datadir=None) -> str:
     return prefix + os.fspath(target)
 
 
-def write_star_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path:
+def write_star_selection(src, dst, rows, n_run=None, base=None, datadir=None) -> Path:
     """Rows ``rows`` of STAR file ``src`` written to ``dst`` with every column and the optics table
     (groups still used); ``rlnImageName`` rewritten with :func:`relocated_stack_name` so the
     stacks resolve from ``dst`` (other path columns, e.g. micrographs, are left as they are)."""
@@ -200,7 +219,7 @@ def write_star_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path
 
     src, dst = Path(src), Path(dst)
     particles, optics = read_star_tables(src)
-    _check_rows(src, len(particles), n_run, base)
+    _check_rows(src, len(particles), n_run, base if n_run is not None else np.asarray(rows))
     sub = particles.iloc[np.asarray(rows)].reset_index(drop=True)
     if optics is not None and "rlnOpticsGroup" in sub.columns:
         used = set(sub["rlnOpticsGroup"].astype(int))
@@ -212,14 +231,14 @@ def write_star_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path
     return write_star(dst, sub, optics)
 
 
-def write_cs_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path:
+def write_cs_selection(src, dst, rows, n_run=None, base=None, datadir=None) -> Path:
     """Rows ``rows`` of cryoSPARC file ``src`` written to ``dst`` (all fields), ``blob/path``
     rewritten with :func:`relocated_stack_name` (the field is widened when needed)."""
     from cryo_napari.io.cryosparc import read_cs, write_cs
 
     src, dst = Path(src), Path(dst)
     data = read_cs(src)
-    _check_rows(src, len(data), n_run, base)
+    _check_rows(src, len(data), n_run, base if n_run is not None else np.asarray(rows))
     sub = data[np.asarray(rows)]
     if "blob/path" not in (sub.dtype.names or ()) or not len(sub):
         return write_cs(dst, sub)
@@ -227,9 +246,11 @@ def write_cs_selection(src, dst, rows, n_run, base=None, datadir=None) -> Path:
     names = np.char.decode(raw.astype(bytes)) if raw.dtype.kind == "S" else raw.astype(str)
     uniq, inv = np.unique(names, return_inverse=True)
     new = np.array([relocated_stack_name(u, src, dst, datadir) for u in uniq])[inv]
-    width = max(int(raw.dtype.itemsize if raw.dtype.kind == "S" else 0), max(len(x.encode()) for x in new))
-    descr = [(f, (f"S{width}" if f == "blob/path" else sub.dtype.fields[f][0])) for f in sub.dtype.names]
+    text = raw.dtype.kind == "U"  # keep the field's kind: bytes (cryoSPARC) or str
+    width = max(raw.dtype.itemsize // (4 if text else 1), max(len(x if text else x.encode()) for x in new))
+    descr = [(f, (f"{'U' if text else 'S'}{width}" if f == "blob/path" else sub.dtype.fields[f][0]))
+             for f in sub.dtype.names]
     out = np.empty(len(sub), dtype=np.dtype(descr))
     for f in sub.dtype.names:
-        out[f] = np.char.encode(new) if f == "blob/path" else sub[f]
+        out[f] = (new if text else np.char.encode(new)) if f == "blob/path" else sub[f]
     return write_cs(dst, out)
