@@ -77,6 +77,7 @@ def main():
                             "iterations": res["step"], "stop": res["stop_reason"],
                             "sec_per_fem_iter_median": float(np.median(secs)), "wall_s": res["wall_s"]}
         print(json.dumps({f"k{K}": results[f"k{K}"]}), flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # partial results survive a kill
     if "continuous" not in a.skip:
         cmaps, angles, _ = domain_motion_series(vol, 20, 15.0)
         cgt = simulate(out / "continuous", cmaps, a.n, a.snr, 1)

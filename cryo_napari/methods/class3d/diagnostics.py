@@ -72,17 +72,22 @@ def class_distinctness(maps: np.ndarray, consensus: np.ndarray) -> tuple[float, 
     return float(diff.min()), float(corr[iu].max())
 
 
-def classes_look_alike(mean_ess: float, K: int, corr_max: float, ess_frac: float = 0.9,
-                       corr: float = 0.995) -> str | None:
+def classes_look_alike(mean_ess: float, K: int, diff_min: float, ess_frac: float = 0.9,
+                       diff: float = 1e-3) -> str | None:
     """A warning text when classes are not separated (None otherwise): mean class ESS above
-    ``ess_frac``·K (posteriors nearly uniform) or two class maps correlated above ``corr``."""
+    ``ess_frac``·K (posteriors nearly uniform: the data cannot tell the classes apart) or two
+    class maps whose relative RMS difference (:func:`class_distinctness`) is below ``diff``.
+
+    Map correlation is reported but not used here: classes differing only in a small domain
+    correlate at > 0.99 while being genuinely different.
+    """
     if K < 2:
         return None
     why = []
     if mean_ess > ess_frac * K:
         why.append(f"mean class ESS {mean_ess:.2f} of K={K} (particles spread over all classes)")
-    if np.isfinite(corr_max) and corr_max > corr:
-        why.append(f"two class maps correlate at {corr_max:.4f}")
+    if np.isfinite(diff_min) and diff_min < diff:
+        why.append(f"two class maps differ by only {diff_min:.2e} of the consensus RMS")
     if not why:
         return None
     return ("classes look alike: " + "; ".join(why) + ". Try fewer classes, a focus mask on the "

@@ -61,7 +61,7 @@ def load_input_maps(paths, ws: WorkingSet) -> torch.Tensor:
             raise InputError(p, f"not a cubic map (shape {vol.shape})")
         box = vol.shape[-1]
         if box == ws.D:
-            vol = fourier_crop_3d(torch.as_tensor(vol), ws.d)
+            vol = fourier_crop_3d(torch.as_tensor(np.array(vol)), ws.d)
         elif box == ws.d:
             vol = torch.as_tensor(vol)
         else:

@@ -10,7 +10,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,7 +90,7 @@ def _load_mask(path, ws) -> np.ndarray:
     if vol.ndim != 3 or vol.shape[-1] not in (ws.D, ws.d) or len(set(vol.shape)) != 1:
         raise InputError(path, f"mask shape {vol.shape} matches neither the particle box {ws.D} nor the working box {ws.d}")
     if vol.shape[-1] != ws.d:
-        vol = fourier_crop_3d(torch.as_tensor(vol), ws.d).numpy()
+        vol = fourier_crop_3d(torch.as_tensor(np.array(vol)), ws.d).numpy()
     m = np.clip(vol, 0, 1).astype(np.float32)
     if m.max() <= 0:
         raise InputError(path, "mask is empty (no voxel > 0)")
@@ -359,10 +358,10 @@ def _fem(cfg, run, ws, table, maps, mask, mask_t, e_mask, consensus, log_prior, 
         maps = maps[torch.as_tensor(order)]
         log_prior = log_prior[order]
         annealed = sim == 0.0
-        alike = dg.classes_look_alike(float(ess.mean()), K, corr_max) if annealed else None
+        alike = dg.classes_look_alike(float(ess.mean()), K, diff_min) if annealed else None
         if alike and not warned_alike:
             warned_alike = True
-            yield Log("warning", f"F-EM {t}: {alike}")
+            yield Log("warning", f"{alike} (at F-EM iteration {t})")
         if annealed and t > 1 and switch < cfg.switch_conv:
             stop_reason = "switch"
             yield Log("info", f"converged: class switches {switch:.2f} % < --switch-conv {cfg.switch_conv:g} % "
