@@ -131,6 +131,8 @@ def test_lazy_and_downsampled_training(dataset, tmp_path):
     train(paths["star"], mem, "-n", "1", "-D", "12")
     train(paths["star"], lazy, "-n", "1", "-D", "12", "--lazy")
     assert np.allclose(np.load(mem / "z.1.npy"), np.load(lazy / "z.1.npy"), atol=1e-5)
+    loss = [json.loads((r / "metrics.jsonl").read_text())["loss"] for r in (mem, lazy)]
+    assert loss[1] == pytest.approx(loss[0], rel=1e-5)  # same batches, same values, same loss
     from cryo_napari.methods.vae.eval import load_vae_run
 
     r = load_vae_run(lazy)

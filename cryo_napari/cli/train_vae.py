@@ -58,7 +58,9 @@ def make_job(args):
 
 
 def main(args):
+    import os
+
     res = run_in_terminal(make_job(args), desc="train-vae")
-    if "loss" in res:
+    if "loss" in res and os.environ.get("RANK", "0") == "0":  # one summary under torchrun
         print(f"{res['epochs']} epochs → {res['run']}  loss {res['loss']:.5g}, {res['images_per_s']:.0f} images/s")
     return 0

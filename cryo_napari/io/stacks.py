@@ -127,6 +127,14 @@ class ImageSource:
             self._maps[k] = read_mrc(self.files[k], mmap=True)[0]
         return self._maps[k]
 
+    def release(self) -> None:
+        """Unmap the stacks (reopened on the next read), returning their cached pages' residency.
+
+        Pages of a memory map that were read stay counted in the process's resident memory until
+        unmapped; long lazy passes over a big stack call this now and then to keep memory bounded.
+        """
+        self._maps.clear()
+
     def read(self, ind=None) -> np.ndarray:
         """Images ``ind`` (default all) as float32 (n, D, D), in the order of ``ind``."""
         ind = np.arange(len(self)) if ind is None else np.atleast_1d(np.asarray(ind))

@@ -9,7 +9,9 @@ particles, the RMS of the equivalent Hartley values).
 
 In memory (default) the half-lattice values of all particles are kept, (N, M, 2) float32 — about
 a quarter of the stack's size. ``lazy=True`` keeps nothing and reads each batch from the
-memory-mapped stack (``ParticleData.read_images``), with one batch prefetched in a thread.
+memory-mapped stack (``ParticleData.read_images``), with one batch prefetched in a thread, and
+unmaps the stack every ``RELEASE_EVERY`` images so the pages read do not accumulate in the
+process's resident memory (measured: ``benchmarks/vae_lazy_memory.py``, ``docs/benchmarks_vae.md``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class VAEData:
     or None, ``lattice``, ``norm``.
     """
 
+    RELEASE_EVERY = 256  # lazy mode unmaps the stacks after this many images (bounds resident stack pages)
+
     def __init__(self, pdata: ParticleData, D: int | None = None, uninvert: bool = False, lazy: bool = False,
                  use_ctf: bool = True):
         if pdata.rotations is None:
@@ -92,6 +96,7 @@ class VAEData:
         self.window = circular_window_2d(self.D)
         self.norm = 1.0
         self.values: torch.Tensor | None = None  # (N, M, 2) when in memory
+        self._lazy_read = 0  # images read lazily since the stacks were last unmapped
 
     # -- preprocessing --------------------------------------------------------------------------
     def _raw_half(self, ind: np.ndarray) -> torch.Tensor:
@@ -111,8 +116,10 @@ class VAEData:
     def prepare(self, chunk: int = 512):
         """Job step: compute the normalisation and (unless lazy) all values. Yields Progress."""
         n_norm = min(self.N, 1000)
-        sample = self._raw_half(np.arange(n_norm))
-        self.norm = float(sample.square().sum(-1).mean().sqrt())
+        sq = 0.0
+        for b in range(0, n_norm, 128):  # in chunks: bounded memory at any box size
+            sq += float(self._raw_half(np.arange(b, min(n_norm, b + 128))).double().square().sum())
+        self.norm = math.sqrt(sq / (n_norm * len(self.lattice)))
         if not math.isfinite(self.norm) or self.norm <= 0:
             raise InputError(self.pdata.path, "images are empty (zero signal)")
         if self.lazy:
@@ -128,7 +135,12 @@ class VAEData:
         """Normalised half-lattice values (B, M, 2)."""
         if self.values is not None:
             return self.values[torch.as_tensor(ind)]
-        return self._raw_half(ind) / self.norm
+        vals = self._raw_half(ind) / self.norm
+        self._lazy_read += len(ind)
+        if self._lazy_read >= self.RELEASE_EVERY and hasattr(self.pdata.images, "release"):
+            self.pdata.images.release()  # bounded memory: unmap the stack's pages read so far
+            self._lazy_read = 0
+        return vals
 
     def ctf_of(self, ind: np.ndarray) -> torch.Tensor | None:
         """CTF on the half lattice (B, M) or None."""

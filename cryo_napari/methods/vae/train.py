@@ -129,12 +129,45 @@ def _checkpoint_to_load(rd: RunDir, load) -> Path | None:
     if not load:
         return None
     if str(load) == "latest":
-        step = rd.latest_step("weights", "pt")
-        return None if step is None else rd.path / f"weights.{step}.pt"
+        # an epoch counts once all of its outputs are complete (a kill can fall between them)
+        done = set(rd.complete_steps("z", "npy")) & {m.get("epoch") for m in rd.read_metrics()}
+        steps = [s for s in rd.complete_steps("weights", "pt") if s in done]
+        return rd.path / f"weights.{steps[-1]}.pt" if steps else None
     p = Path(load)
     if not p.exists():
         raise InputError(p, "checkpoint not found")
     return p
+
+
+def _clean_after_kill(rd: RunDir) -> int:
+    """Remove what a killed run can leave: ``.tmp-*`` files and a torn last ``metrics.jsonl`` line.
+
+    Returns how many leftovers were removed. Complete outputs are never touched.
+    """
+    import json
+
+    from cryo_napari.jobs.atomic import write_text_atomic
+
+    n = 0
+    for p in rd.path.glob(".tmp-*"):
+        if p.is_file():  # temporary files are never under a final name
+            p.unlink(missing_ok=True)
+            n += 1
+    mpath = rd.path / "metrics.jsonl"
+    if mpath.exists():
+        text = mpath.read_text(errors="replace")
+        good = []
+        for line in text.splitlines(keepends=True):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if line.endswith("\n"):
+                good.append(line)
+        if "".join(good) != text:
+            write_text_atomic(mpath, "".join(good))
+            n += 1
+    return n
 
 
 def load_data_for(cfg: dict) -> VAEData:
@@ -170,7 +203,7 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
     beta_at(cfg, 0.0)  # validates the schedule
     rd = RunDir(cfg["outdir"]).create()
     ckpt_path = _checkpoint_to_load(rd, cfg["load"])
-    if ckpt_path is None and rd.complete_steps("weights", "pt"):
+    if ckpt_path is None and not cfg["load"] and rd.complete_steps("weights", "pt"):
         raise InputError(rd.path, "already holds trained epochs: resume with --load latest or use a new directory")
     if world > 1:
         dist_.barrier()  # every rank has checked the directory before rank 0 writes into it
@@ -204,6 +237,11 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         yield Log("info", f"resuming from {ckpt_path.name} (epoch {start})")
     elif cfg["load"] == "latest":
         yield Log("info", "no complete checkpoint in the run directory; starting from scratch")
+    if cfg["load"] and lead:
+        cleaned = _clean_after_kill(rd)
+        if cleaned:
+            yield Log("info", f"removed {cleaned} leftover(s) of the interrupted run (temporary files, torn "
+                              "metrics line)")
 
     if lead and (not (rd.path / "config.yaml").exists() or ckpt_path is None):
         saved = {k: cfg[k] for k in DEFAULTS if k not in ("load",)}
