@@ -35,6 +35,8 @@ def add_args(p):
     p.add_argument("-D", "--box", type=int, default=32, help="box size in pixels (default 32)")
     p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio, whole box (default 0.1)")
     p.add_argument("--epochs", type=int, default=15, help="VAE epochs (default 15)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="VAE learning rate (default 1e-3: on a small dataset cryoDRGN's 1e-4 needs many more epochs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", nargs="*", choices=STEPS, default=[], help="steps to leave out")
 
@@ -86,11 +88,12 @@ def main(args):
     if "vae" not in args.skip:
         from sklearn.cluster import KMeans
 
-        print(f"[3/5] train-vae: {args.epochs} epochs, 128×2 encoder/decoder, zdim 8")
+        print(f"[3/5] train-vae: {args.epochs} epochs, 128×2 encoder/decoder, zdim 8, lr {args.lr:g}")
         t = time.time()
         res = run_in_terminal(_subcommand_job("train-vae", [
             str(paths["star"]), "-o", str(out / "vae"), "-n", str(args.epochs), "--enc-layers", "2",
-            "--enc-dim", "128", "--dec-layers", "2", "--dec-dim", "128", "--seed", str(args.seed)]),
+            "--enc-dim", "128", "--dec-layers", "2", "--dec-dim", "128", "--lr", str(args.lr),
+            "--seed", str(args.seed)]),
             desc="train-vae")
         train_s = time.time() - t
         print("[4/5] analyze: PCA, k-means, maps at cluster centres and along PC1")
