@@ -146,7 +146,17 @@ class Class3DDashboard(QWidget):
         lay.addWidget(self.status)
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_MS)
-        self.timer.timeout.connect(lambda: self._guard(self.refresh))
+        # A bound method, not a lambda: PyQt keeps bound-method slots weakly, so a closed dock
+        # is not kept alive (and later garbage-collected mid-cycle) by its own running timer.
+        self.timer.timeout.connect(self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._guard(self.refresh)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """A closed dock stops polling its run."""
+        self.timer.stop()
+        super().closeEvent(event)
 
     def _guard(self, fn, *args):
         try:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout,
+                            QWidget)
 
 from cryo_napari.errors import InputError
 from cryo_napari.jobs.protocol import Artifact, Log, Metric, Progress
@@ -81,6 +82,9 @@ class MetricPlot(QWidget):
         self.canvas.draw_idle()
 
     def add(self, name: str, step: int, value: float) -> None:
+        """Record one value; throughput metrics (``*per_s``) are left out (another scale than losses)."""
+        if name.endswith("per_s"):
+            return
         xs, ys = self.series.setdefault(name, ([], []))
         xs.append(step)
         ys.append(value)
@@ -114,12 +118,17 @@ class JobDock(QWidget):
         CLI module name (``backproject``, ``train_vae``, ``class3d``, ``flex``, ``analyze``).
     title : str
         Shown in the activity dock and notifications.
+    subcommand : str, optional
+        For modules with sub-commands (``flex``): fix the step (``prep``, ``mesh``, …) and hide
+        the step chooser, so each step gets its own dock.
     """
 
-    def __init__(self, napari_viewer=None, module: str = "backproject", title: str | None = None):
+    def __init__(self, napari_viewer=None, module: str = "backproject", title: str | None = None,
+                 subcommand: str | None = None):
         super().__init__()
         self.viewer = napari_viewer
         self.module_name = module
+        self.subcommand = subcommand
         self.title = title or module.replace("_", "-")
         self.worker = None
         self.job = None
@@ -141,7 +150,13 @@ class JobDock(QWidget):
             return
         self.available = True
         self.form = build_form(self.parser)
-        lay.addWidget(self.form.container.native)
+        if subcommand is not None:
+            self.form.select(subcommand)
+            self.form.sub_combo.visible = False
+        scroll = QScrollArea()  # long forms scroll; Run/Stop, progress and the live plot stay visible
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.form.container.native)
+        lay.addWidget(scroll, stretch=1)
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.stop_button = QPushButton("Stop")
@@ -158,6 +173,7 @@ class JobDock(QWidget):
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         self.plot = MetricPlot()
+        self.plot.setMinimumHeight(160)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
         lay.addWidget(self.plot)
@@ -232,12 +248,14 @@ class JobDock(QWidget):
             self.progress.setRange(0, total)
             if total:
                 self.progress.setValue(min(int(ev.step), total))
-            if self._pbar is not None:
-                self._pbar.total = total
-                self._pbar.n = int(ev.step)
+            pbar = self._pbar  # a local: updating the activity dock can run _on_finished (which drops it)
+            if pbar is not None:
+                pbar.total = total
+                pbar.n = int(ev.step)
                 if ev.message:
-                    self._pbar.set_description(f"{self.title}: {ev.message}")
-                self._pbar.refresh()
+                    pbar.set_description(f"{self.title}: {ev.message}")
+                if self._pbar is pbar:  # not closed meanwhile
+                    pbar.refresh()
             if ev.message:
                 self.status.setText(ev.message)
         elif isinstance(ev, Metric):
@@ -319,5 +337,37 @@ def analyze_dock(napari_viewer=None) -> JobDock:
     return JobDock(napari_viewer, "analyze", "analyze")
 
 
-__all__ = ["JobDock", "MetricPlot", "backproject_dock", "train_vae_dock", "class3d_dock", "flex_dock",
-           "analyze_dock", "error_message"]
+def flex_prep_dock(napari_viewer=None) -> JobDock:
+    """Dock: flex prep (Fourier-crop particles to the training box)."""
+    return JobDock(napari_viewer, "flex", "flex prep", subcommand="prep")
+
+
+def flex_mesh_dock(napari_viewer=None) -> JobDock:
+    """Dock: flex mesh (tetrahedral mesh over a consensus map)."""
+    return JobDock(napari_viewer, "flex", "flex mesh", subcommand="mesh")
+
+
+def flex_train_dock(napari_viewer=None) -> JobDock:
+    """Dock: flex train (the 3DFlex-style model)."""
+    return JobDock(napari_viewer, "flex", "flex train", subcommand="train")
+
+
+def flex_generate_dock(napari_viewer=None) -> JobDock:
+    """Dock: flex generate (volume series along latent axes or a path)."""
+    return JobDock(napari_viewer, "flex", "flex generate", subcommand="generate")
+
+
+def flex_reconstruct_dock(napari_viewer=None) -> JobDock:
+    """Dock: flex reconstruct (flex and rigid half-map reconstructions)."""
+    return JobDock(napari_viewer, "flex", "flex reconstruct", subcommand="reconstruct")
+
+
+#: dock name → factory, for the npe2 manifest and ``cryo-napari gui --dock``.
+JOB_DOCKS = {"backproject": backproject_dock, "train-vae": train_vae_dock, "analyze": analyze_dock,
+             "class3d": class3d_dock, "flex": flex_dock, "flex-prep": flex_prep_dock, "flex-mesh": flex_mesh_dock,
+             "flex-train": flex_train_dock, "flex-generate": flex_generate_dock,
+             "flex-reconstruct": flex_reconstruct_dock}
+
+__all__ = ["JobDock", "MetricPlot", "JOB_DOCKS", "backproject_dock", "train_vae_dock", "class3d_dock", "flex_dock",
+           "analyze_dock", "flex_prep_dock", "flex_mesh_dock", "flex_train_dock", "flex_generate_dock",
+           "flex_reconstruct_dock", "error_message"]

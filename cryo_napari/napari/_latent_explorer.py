@@ -165,7 +165,18 @@ class LatentExplorer(QWidget):
         lay.addWidget(self.status)
         self.timer = QTimer(self)
         self.timer.setInterval(FOLLOW_INTERVAL_MS)
-        self.timer.timeout.connect(lambda: self._guard(self.check_newer_epoch))
+        self.timer.timeout.connect(self._on_timer)  # bound method (see Class3DDashboard)
+
+    def _on_timer(self) -> None:
+        self._guard(self.check_newer_epoch)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """A closed dock stops following its run and abandons a running decode."""
+        self.timer.stop()
+        self.follow.setChecked(False)
+        if self.worker is not None:
+            self.worker.quit()
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------ helpers
     def _guard(self, fn, *args):
@@ -483,7 +494,8 @@ class LatentExplorer(QWidget):
         z = self.z[index][None]
         self.status.setText(f"generating the volume at particle {index} …")
         w = create_worker(self.run.generate_volumes, z, D, _start_thread=False, _ignore_errors=True)
-        w.returned.connect(lambda vols, D=D: self._show_volume(vols[0], D))
+        self._pending_D = D
+        w.returned.connect(self._volume_ready)  # bound method: the worker must not keep the dock alive
         w.errored.connect(lambda e: _notify("error", f"volume generation failed: {e}"))
         w.finished.connect(self._worker_done)
         self.worker = w
@@ -492,6 +504,9 @@ class LatentExplorer(QWidget):
 
     def _worker_done(self):
         self.worker = None
+
+    def _volume_ready(self, vols) -> None:
+        self._show_volume(vols[0], self._pending_D)
 
     def _show_volume(self, vol, D) -> None:
         run = self.run

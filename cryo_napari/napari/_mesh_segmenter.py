@@ -7,7 +7,8 @@
    *k-means* — k-means (``n`` clusters) on the coordinates of the mask voxels.
 3. The user paints / erases the labels (napari's label tools; ``n_edit_dimensions = 3`` paints
    balls, set it to 2 for slice painting).
-4. **Fuse** ("0>3,0>4": parent>child pairs forming one tree) and **rigid** segments ("2,5").
+4. **Fuse** ("0>3,0>4": parent>child pairs forming one tree; **Suggest fuse tree** fills a
+   breadth-first spanning tree of the touching segments) and **rigid** segments ("2,5").
 5. **Preview mesh** runs :func:`cryo_napari.methods.flex.mesh.make_tetramesh` in a worker and
    shows its boundary as a Surface layer coloured by segment or rigidity weight.
 6. **Save** ``seg.mrc`` (the labels, float32, same voxel size) and ``mesh.pkl`` for flex training.
@@ -85,6 +86,47 @@ def parse_rigid(text: str) -> tuple[int, ...]:
         raise InputError(None, f"rigid segments must be integers separated by commas, got {text!r}") from None
 
 
+def touching_pairs(labels) -> set[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``0 < a < b``, of segments with face-adjacent voxels in ``labels`` (D, D, D)."""
+    lab = np.asarray(labels)
+    pairs: set[tuple[int, int]] = set()
+    for ax in range(lab.ndim):
+        a = np.moveaxis(lab, ax, 0)[:-1].ravel()
+        b = np.moveaxis(lab, ax, 0)[1:].ravel()
+        m = (a != b) & (a > 0) & (b > 0)
+        if m.any():
+            lo, hi = np.minimum(a[m], b[m]), np.maximum(a[m], b[m])
+            pairs.update(map(tuple, np.unique(np.stack([lo, hi], 1), axis=0).tolist()))
+    return pairs
+
+
+def suggest_fuse_tree(labels) -> str:
+    """A fuse tree over touching segments: breadth-first from the largest segment, ``"P>C,..."``.
+
+    Segments that touch none of the tree stay separate (their own component gets its own root).
+    """
+    lab = np.asarray(labels)
+    ids, counts = np.unique(lab[lab > 0], return_counts=True)
+    nbrs: dict[int, set[int]] = {int(i): set() for i in ids}
+    for a, b in touching_pairs(lab):
+        nbrs[a].add(b)
+        nbrs[b].add(a)
+    seen, edges = set(), []
+    for root in [int(i) for i in ids[np.argsort(-counts, kind="stable")]]:
+        if root in seen:
+            continue
+        seen.add(root)
+        queue = [root]
+        while queue:
+            p = queue.pop(0)
+            for c in sorted(nbrs[p]):
+                if c not in seen:
+                    seen.add(c)
+                    edges.append(f"{p}>{c}")
+                    queue.append(c)
+    return ",".join(edges)
+
+
 def build_mesh(vol, apix: float, labels, fuse: str = "", rigid=(), cells: int = 20):
     """``make_tetramesh`` over ``vol`` with the painted ``labels`` (lazy import of flex)."""
     from cryo_napari.methods.flex.mesh import make_tetramesh
@@ -142,7 +184,8 @@ class MeshSegmenter(QWidget):
             form.addRow(label, w)
         lay.addLayout(form)
         row = QHBoxLayout()
-        for label, fn in (("Seed", self.seed), ("Preview mesh", self.preview), ("Save…", self._save_dialog)):
+        for label, fn in (("Seed", self.seed), ("Suggest fuse tree", self.suggest_fuse), ("Preview mesh", self.preview),
+                          ("Save…", self._save_dialog)):
             b = QPushButton(label)
             b.clicked.connect(lambda _=False, f=fn: self._guard(f))
             row.addWidget(b)
@@ -206,6 +249,13 @@ class MeshSegmenter(QWidget):
         n = len(np.unique(self.labels)) - 1
         self.status.setText(f"{n} segments seeded; paint to adjust, then set fuse tree / rigid and preview")
         return self.labels
+
+    def suggest_fuse(self) -> str:
+        """Fill the fuse tree with a spanning tree of the touching painted segments."""
+        tree = suggest_fuse_tree(self.current_labels())
+        self.fuse.setText(tree)
+        self.status.setText(f"fuse tree: {tree or '(no touching segments)'}")
+        return tree
 
     def preview(self):
         """Build the mesh in a worker; the surface appears when it is done. Returns the worker."""

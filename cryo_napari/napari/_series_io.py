@@ -34,8 +34,11 @@ def series_kwargs(data: np.ndarray, apix: float, axis: str, name: str, meta: dic
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if hi <= lo:
         hi = lo + 1.0
+    thr = float(np.percentile(finite, 97)) if finite.size else 0.5
+    if not lo <= thr < hi:  # e.g. binary masks: the 97th percentile is the maximum, and nothing shows
+        thr = 0.5 * (lo + hi)
     return {"name": name, "scale": (1.0, apix, apix, apix), "axis_labels": (axis, "z", "y", "x"),
-            "rendering": "iso", "contrast_limits": (lo, hi), "iso_threshold": float(np.percentile(finite, 97)),
+            "rendering": "iso", "contrast_limits": (lo, hi), "iso_threshold": thr,
             "colormap": "gray", "metadata": {"voxel_size": float(apix), "series_axis": axis, **(meta or {})}}
 
 
