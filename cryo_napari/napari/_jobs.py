@@ -10,25 +10,34 @@ A dock runs the subcommand's ``make_job(args)`` generator in a napari thread wor
 * **Stop** calls ``worker.quit()``: the job stops at its next ``yield`` and the generator is
   closed, so the outputs of the last complete step stay on disk;
 * an exception becomes ``napari.utils.notifications.show_error`` with its one-line message;
-* starting a second job while one runs is **refused** with a warning notification.
+* starting a second job while one runs is **refused** with a warning notification;
+* closing the dock, or the napari window, with a job running stops it cleanly
+  (:meth:`JobDock.stop_and_wait`: abort at the next ``yield``, wait for the thread, close the
+  generator); an interactive window close first asks (stop the job and close / cancel), see
+  :mod:`cryo_napari.napari._close_guard`.
 
 Docks whose CLI module is not in this build show "not available in this build".
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout,
                             QWidget)
 
 from cryo_napari.errors import InputError
 from cryo_napari.jobs.protocol import Artifact, Log, Metric, Progress
+from cryo_napari.napari._close_guard import install_close_guard
 from cryo_napari.napari._forms import FormError, build_form, parse_form, parser_for
 
 #: Minimum seconds between two redraws of the live plot.
 PLOT_INTERVAL_S = 0.25
+#: Seconds a close waits for a stopped job to reach its next ``yield``.
+STOP_WAIT_S = 60.0
 
 
 class JobFailed(Exception):
@@ -137,6 +146,7 @@ class JobDock(QWidget):
         self.events: list = []
         self.aborted = False
         self._pbar = None
+        self._done = threading.Event()
         lay = QVBoxLayout(self)
         try:
             self.parser = parser_for(module)
@@ -179,6 +189,7 @@ class JobDock(QWidget):
         lay.addWidget(self.plot)
         self.run_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
+        install_close_guard(napari_viewer, self)
 
     # ------------------------------------------------------------------ state
     @property
@@ -228,6 +239,8 @@ class JobDock(QWidget):
         worker.errored.connect(self._fail)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
+        self._done = threading.Event()  # set in the worker's thread when it has left the job
+        worker.finished.connect(self._done.set, Qt.DirectConnection)
         self.worker = worker
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -239,6 +252,40 @@ class JobDock(QWidget):
         if self.worker is not None:
             self.status.setText("stopping at the next step…")
             self.worker.quit()
+
+    def stop_and_wait(self, timeout_s: float | None = None, process_events: bool = True) -> bool:
+        """Stop the running job and wait until its thread has left the generator.
+
+        With ``process_events`` the Qt event loop keeps running while waiting (the worker's
+        signals arrive as usual); without it (a window that is being torn down) the wait blocks
+        on the worker's ``finished`` and the dock's finishing steps run directly.
+        Returns ``True`` when no job is left running (``False`` after ``timeout_s`` seconds,
+        default :data:`STOP_WAIT_S`).
+        """
+        from qtpy.QtWidgets import QApplication
+
+        worker, done = self.worker, self._done
+        if worker is None:
+            return True
+        self.stop()
+        timeout = STOP_WAIT_S if timeout_s is None else timeout_s
+        if not process_events:
+            if not done.wait(timeout):
+                return False
+            self.aborted = self.aborted or worker.abort_requested
+            self._on_finished()
+            return True
+        deadline = time.monotonic() + timeout
+        while self.worker is worker and time.monotonic() < deadline:
+            QApplication.processEvents()
+            done.wait(0.01)
+        return self.worker is not worker
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """A closed dock stops its job cleanly (abort at the next step, wait for the thread)."""
+        if self.available:
+            self.stop_and_wait()
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------ worker signals
     def _on_event(self, ev) -> None:
@@ -299,6 +346,8 @@ class JobDock(QWidget):
         self.status.setText("stopped: the last complete step is on disk")
 
     def _on_finished(self) -> None:
+        if self.worker is None:  # already finished by stop_and_wait(process_events=False)
+            return
         if self.aborted and self.job is not None:
             self.job.close()  # run the job's finally blocks; the worker has left the generator
         if self._pbar is not None:

@@ -11,6 +11,8 @@
   re-imports (``.npy`` or polygon JSON).
 * **Pick** (click) a point: the volume at its latent is generated in a background worker and
   shown as an iso-rendered image layer (scale = voxel size, Å).
+* **Path** (tool *path*): clicked particles form a path; **generate path** decodes the volume
+  series along it in a worker and opens it in the series viewer (:mod:`._latent_path`).
 * **Follow latest epoch**: a timer reloads when a newer complete ``z.<epoch>.npy`` appears.
 """
 
@@ -25,6 +27,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog
 
 from cryo_napari.errors import InputError
 from cryo_napari.napari import _selection as S
+from cryo_napari.napari._latent_path import PathMixin
 
 #: Above this many points the view is a 2-D histogram instead of a scatter.
 HIST_ABOVE = 100_000
@@ -71,7 +74,7 @@ def latest_epoch(path) -> int | None:
     return RunDir(path).latest_step("z", "npy")
 
 
-class LatentExplorer(QWidget):
+class LatentExplorer(PathMixin, QWidget):
     """The explorer dock (see the module docstring)."""
 
     def __init__(self, napari_viewer=None):
@@ -93,6 +96,7 @@ class LatentExplorer(QWidget):
         self.last_volume = None
         self.picked: int | None = None
         self._selector = None
+        self._init_path()
 
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -123,7 +127,7 @@ class LatentExplorer(QWidget):
         self.k_box.setRange(2, 50)
         self.k_box.setValue(5)
         self.tool_box = QComboBox()
-        self.tool_box.addItems(["lasso", "rectangle", "ellipse", "pick"])
+        self.tool_box.addItems(["lasso", "rectangle", "ellipse", "pick", "path"])
         self.follow = QCheckBox("follow latest epoch")
         self.D_box = QSpinBox()
         self.D_box.setRange(0, 1024)
@@ -148,6 +152,7 @@ class LatentExplorer(QWidget):
         self.ax = self.figure.add_subplot(111)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         lay.addWidget(self.canvas, stretch=1)
+        lay.addLayout(self._path_row())
 
         self.sel_list = QListWidget()
         self.sel_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
@@ -176,6 +181,7 @@ class LatentExplorer(QWidget):
         self.follow.setChecked(False)
         if self.worker is not None:
             self.worker.quit()
+        self.stop_path()
         super().closeEvent(event)
 
     # ------------------------------------------------------------------ helpers
@@ -214,6 +220,7 @@ class LatentExplorer(QWidget):
         self.coords = {"z": z}
         if not same_n:
             self.values = {k: v for k, v in self.values.items() if len(v) == len(z)}
+            self.path_points = []
         for box in (self.x_box, self.y_box):
             box.setMaximum(max(z.shape[1] - 1, 0))
         if run is not None and getattr(run, "D", None):
@@ -309,6 +316,7 @@ class LatentExplorer(QWidget):
                 ax.plot(v[:, 0], v[:, 1], "-", lw=1, color="tab:red")
         if self.picked is not None:
             ax.plot(*xy[self.picked], "x", color="k", ms=10)
+        self.draw_path(ax, xy)
         self.canvas.draw_idle()
         self._make_selector()
 
@@ -474,10 +482,12 @@ class LatentExplorer(QWidget):
 
     # ------------------------------------------------------------------ volumes
     def _on_click(self, event) -> None:
-        if self.tool_box.currentText() != "pick" or event.inaxes is not self.ax or len(self.xy) == 0:
+        tool = self.tool_box.currentText()
+        if tool not in ("pick", "path") or event.inaxes is not self.ax or len(self.xy) == 0:
             return
         d = self.ax.transData.transform(self.xy) - np.array([event.x, event.y])
-        self._guard(self.generate_at, int(np.argmin((d ** 2).sum(1))))
+        nearest = int(np.argmin((d ** 2).sum(1)))
+        self._guard(self.generate_at if tool == "pick" else self.add_path_point, nearest)
 
     def generate_at(self, index: int):
         """Generate the volume at particle ``index``'s latent in a worker; returns the worker."""

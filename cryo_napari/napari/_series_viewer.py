@@ -16,7 +16,7 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from cryo_napari.errors import InputError
-from cryo_napari.napari._series_io import read_series
+from cryo_napari.napari._series_io import read_series, series_kwargs
 
 
 def _notify(kind: str, text: str) -> None:
@@ -125,6 +125,23 @@ class SeriesViewer(QWidget):
         d = self.layers[0].data.shape
         self.status.setText(f"{len(self.layers)} layer(s), {d[0]} {self.layers[0].axis_labels[0]} steps of {d[1]}³")
         return self.layers
+
+    def show_series(self, data, apix: float, axis: str = "frame", name: str = "series", meta=None):
+        """Show an in-memory series (F, D, D, D) (e.g. a latent path) as a 4-D layer (replaced in place)."""
+        if self.viewer is None:
+            raise InputError(None, "no viewer to show the series in")
+        data = np.asarray(data, np.float32)
+        if data.ndim != 4:
+            raise InputError(None, f"a series must be (frames, D, D, D), got shape {data.shape}")
+        kwargs = series_kwargs(data, float(apix), axis, name, meta)
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_image(data, **kwargs)
+        self.layers = [layer]
+        self.viewer.dims.ndisplay = 3
+        self.viewer.dims.set_current_step(0, 0)
+        self.status.setText(f"{name}: {data.shape[0]} {axis} steps of {data.shape[1]}³")
+        return layer
 
     def play(self) -> None:
         """Animate the series slider with napari's dims play."""
