@@ -1,5 +1,7 @@
 """Independent round trips: simulate → write → parse → back-project → FSC against ground truth."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,8 +104,13 @@ def test_downsample_stack_and_star(tmp_path):
 
 
 def test_demo_runs(tmp_path):
-    assert cli(["demo", "-o", str(tmp_path / "d"), "-n", "400", "-D", "16"]) == 0
-    assert (tmp_path / "d" / "report.json").exists()
+    assert cli(["demo", "-o", str(tmp_path / "d"), "-n", "300", "-D", "16", "--epochs", "2"]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert {"backproject_star", "backproject_cs", "vae", "class3d"} <= set(report)
+    assert report["backproject_star"]["fsc_vs_truth_auc"] == pytest.approx(report["backproject_cs"]["fsc_vs_truth_auc"])
+    assert report["vae"]["epochs"] == 2 and -1 <= report["vae"]["latent_kmeans3_ari_vs_truth"] <= 1
+    assert sum(report["class3d"]["class_sizes"]) == 300
+    assert (tmp_path / "d" / "vae" / "analyze" / "labels.npy").exists()
 
 
 def test_simulate_from_atomic_model_with_a_chain_removed(tmp_path, fixtures_dir):
