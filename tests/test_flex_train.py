@@ -192,5 +192,5 @@ def test_schedule_anneals_learning_rate_and_band():
     f0, k0 = schedule(cfg, 0, 64)
     f4, k4 = schedule(cfg, 4, 64)
     assert f0 == pytest.approx(1.0) and f4 == pytest.approx(0.1)
-    assert k0 == pytest.approx(0.3 * 32) and k4 == pytest.approx(0.8 * 32)  # up to 0.8 × Nyquist
+    assert k0 == pytest.approx(0.5 * 32) and k4 == pytest.approx(0.8 * 32)  # up to 0.8 × Nyquist
     assert schedule(cfg, 7, 64) == (f4, k4)  # extra epochs stay at the final settings

@@ -57,13 +57,19 @@ def add_args(p):
     s.add_argument("--epochs", type=int, default=20, help="epochs of the annealing schedule (default 20)")
     s.add_argument("--extra-epochs", type=int, default=0, help="epochs at the final settings (default 0)")
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--lr", type=float, default=1e-3, help="generator learning rate (default 1e-3)")
+    s.add_argument("--lr", type=float, default=5e-3, help="generator learning rate (default 5e-3)")
     s.add_argument("--lr-map", type=float, default=0.02, help="canonical map learning rate × map std (default 0.02)")
-    s.add_argument("--lr-z", type=float, default=0.1, help="latent learning rate (default 0.1)")
+    s.add_argument("--lr-z", type=float, default=0.1, help="auto-decoded latent learning rate (default 0.1)")
+    s.add_argument("--latent", choices=("encoder", "autodecode"), default="encoder",
+                   help="latents from an image encoder (default) or auto-decoded per particle")
+    s.add_argument("--lr-enc", type=float, default=3e-3, help="encoder learning rate (default 3e-3)")
+    s.add_argument("--enc-hidden", type=int, default=128, help="encoder width (default 128)")
     s.add_argument("--hidden", type=int, default=64, help="generator width (default 64)")
     s.add_argument("--layers", type=int, default=6, help="generator hidden layers (default 6)")
-    s.add_argument("--noise", type=float, default=0.15, help="latent noise injection (default 0.15)")
-    s.add_argument("--center-lam", type=float, default=20.0, help="latent-centering prior strength (default 20)")
+    s.add_argument("--noise", type=float, default=0.05,
+                   help="latent noise injection (default 0.05; cryoSPARC uses 0.15)")
+    s.add_argument("--center-lam", type=float, default=1.0,
+                   help="latent-centering prior strength (default 1; cryoSPARC uses 20)")
     s.add_argument("--rigidity", type=float, default=2.0, help="rigidity prior strength (default 2)")
     s.add_argument("--load", help="'latest' or a weights.N.pt to resume from")
     s.add_argument("--seed", type=int, default=0)
@@ -144,7 +150,8 @@ def make_job(args):
         cfg = dict(prep=args.prep, mesh=args.mesh, outdir=args.outdir, K=args.K, epochs=args.epochs,
                    extra_epochs=args.extra_epochs, batch_size=args.batch_size, lr=args.lr, lr_map=args.lr_map,
                    lr_z=args.lr_z, hidden=args.hidden, layers=args.layers, noise=args.noise,
-                   center_lam=args.center_lam, rigidity=args.rigidity, load=args.load, seed=args.seed)
+                   center_lam=args.center_lam, rigidity=args.rigidity, load=args.load, seed=args.seed,
+                   latent=args.latent, lr_enc=args.lr_enc, enc_hidden=args.enc_hidden)
         return flex_train_job(cfg)
     if cmd == "generate":
         from cryo_napari.methods.flex.generate import flex_generate_job

@@ -1,4 +1,4 @@
-"""The 3DFlex model: canonical map, auto-decoded latents, flow generator, convection, projection.
+"""The 3DFlex model: canonical map, latents (encoder or auto-decoder), flow generator, convection, projection.
 
 Image model for particle ``i`` with latent ``z_i`` (K dims) and pose ``R_i``::
 
@@ -9,8 +9,12 @@ Image model for particle ``i`` with latent ``z_i`` (K dims) and pose ``R_i``::
     Î_i = CTF_i · FT(I_i)                    compared with the centred particle transform
 
 Subtracting ``g_θ(0)`` makes the zero latent the canonical map exactly (generated series have the
-canonical map in the middle). Latents are auto-decoded (one ``nn.Embedding`` row per particle,
-as cryoSPARC 3DFlex) and squashed into (−1.5, 1.5) by ``1.5·tanh``.
+canonical map in the middle). Latents are either encoded (``latent="encoder"``: an MLP on the
+particle image, shared by all particles, as cryoDRGN) or auto-decoded (``latent="autodecode"``: one
+``nn.Embedding`` row per particle, as cryoSPARC 3DFlex), and squashed into (−1.5, 1.5) by
+``1.5·tanh``. The encoder is the training default: it gets a gradient from every batch, while an
+embedding row moves once per epoch, too slowly to break the symmetry between a random latent and a
+random generator (docs/flex.md, "Measured").
 
 Projection is done in real space: the flow is sampled at the rotated grid points and the map at
 the displaced points, two trilinear ``grid_sample`` calls per image, differentiable in V, θ and
@@ -62,6 +66,19 @@ class FlowGenerator(nn.Module):
         return out[:-1] - out[-1:]
 
 
+class LatentEncoder(nn.Module):
+    """MLP ``image (B, D, D) → raw latent (B, K)``; images are divided by ``scale`` (their std)."""
+
+    def __init__(self, D: int, K: int, hidden: int = 128, scale: float = 1.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(D * D, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, K))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images / self.scale)
+
+
 class FlexModel(nn.Module):
     """Canonical map, latents and generator over a mesh at training box ``D``.
 
@@ -72,13 +89,18 @@ class FlexModel(nn.Module):
     n_particles : number of latent rows.
     K : latent dimensions.
     V0 : (D, D, D) initial canonical map.
+    latent : "autodecode" (embedding rows) or "encoder" (image MLP, ``enc_hidden`` wide, input
+        divided by ``image_scale``).
     """
 
     def __init__(self, mesh: TetraMesh, D: int, n_particles: int, K: int = 2, hidden: int = 64, layers: int = 6,
-                 V0: np.ndarray | None = None, seed: int = 0):
+                 V0: np.ndarray | None = None, seed: int = 0, latent: str = "autodecode", enc_hidden: int = 128,
+                 image_scale: float = 1.0):
         super().__init__()
+        if latent not in ("autodecode", "encoder"):
+            raise ValueError(f"latent must be 'autodecode' or 'encoder', got {latent!r}")
         g = torch.Generator().manual_seed(seed)
-        self.D, self.K = D, K
+        self.D, self.K, self.latent_mode = D, K, latent
         pts = mesh_points_in_box(mesh, D)
         self.register_buffer("rest", torch.as_tensor(pts, dtype=torch.float32))
         self.register_buffer("cells", torch.as_tensor(mesh.cells, dtype=torch.long))
@@ -96,17 +118,28 @@ class FlexModel(nn.Module):
         self.latent = nn.Embedding(n_particles, K, sparse=True)
         with torch.no_grad():
             self.latent.weight.copy_(0.3 * torch.randn(n_particles, K, generator=g))
+        self.encoder = LatentEncoder(D, K, enc_hidden, image_scale) if latent == "encoder" else None
         r = torch.arange(D, dtype=torch.float32) - D // 2
         zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
         self.register_buffer("grid_r", torch.stack([xx, yy, zz], -1).reshape(-1, 3))  # (D³, 3) xyz
 
     # -- latents ------------------------------------------------------------------------------
-    def z_of(self, ind: torch.Tensor) -> torch.Tensor:
-        """Latents (B, K) of particles ``ind`` in (−1.5, 1.5)."""
+    def z_of(self, ind: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, K) in (−1.5, 1.5) of particles ``ind`` (their real-space ``images`` (B, D, D)
+        are needed with the encoder)."""
+        if self.encoder is not None:
+            if images is None:
+                raise ValueError("the encoder needs the particle images")
+            return squash(self.encoder(images))
         return squash(self.latent(ind))
 
-    def all_z(self) -> np.ndarray:
-        return squash(self.latent.weight.detach()).numpy()
+    def all_z(self, images: torch.Tensor | None = None, batch: int = 1024) -> np.ndarray:
+        """Latents (N, K) of all particles (``images`` (N, D, D) with the encoder)."""
+        if self.encoder is None:
+            return squash(self.latent.weight.detach()).numpy()
+        with torch.no_grad():
+            return np.concatenate([squash(self.encoder(images[b : b + batch])).numpy()
+                                   for b in range(0, len(images), batch)])
 
     # -- deformation --------------------------------------------------------------------------
     def displacements(self, z: torch.Tensor) -> torch.Tensor:

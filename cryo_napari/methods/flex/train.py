@@ -5,10 +5,13 @@ Per batch of particles (images Y, poses R, CTF, latents z)::
     loss = mean_i [ Σ_{|k|<k_max} |CTF·FT(I_i) − Ŷ_i|² / (2 D² σ²) + center_lam·Σ_k |z_ik|⁴ ]
            + rigidity · mean_i Σ_j w_j Σ (σ(F_ij) − 1)²
 
-with latent noise ``z + noise·ε`` during training. Three optimisers: Adam for the generator
-(``lr``), Adam for the canonical map (``lr_map`` × std of the initial map, per step) and
-SparseAdam for the auto-decoded latents (``lr_z``). Over ``epochs`` the learning rates anneal
-(cosine to 10 %) and the loss band ``k_max`` grows linearly from ``k_start`` (0.3) to 0.8 ×
+with latent noise ``z + noise·ε`` during training. Latents come from an image encoder
+(``latent="encoder"``, the default; Adam, ``lr_enc``) or are auto-decoded (``latent="autodecode"``;
+SparseAdam, ``lr_z``). Adam for the generator (``lr``) and for the canonical map (``lr_map`` × std
+of the initial map, per step). Defaults (``noise`` 0.05, ``center_lam`` 1, ``lr`` 5e-3, encoder)
+were chosen by measurement on simulated hinges (docs/flex.md); cryoSPARC's 0.15 / 20 kept the
+latent from learning the motion there. Over ``epochs`` the learning rates anneal
+(cosine to 10 %) and the loss band ``k_max`` grows linearly from ``k_start`` (0.5) to 0.8 ×
 Nyquist of the training box; ``extra_epochs`` continue at the final settings.
 
 Each epoch ``E`` (1-based) writes ``weights.E.pt`` and ``z.E.npy`` (N × K latents in PREP
@@ -37,9 +40,10 @@ from cryo_napari.methods.flex.model import FlexModel, cosine, fourier_loss_mask,
 from cryo_napari.methods.flex.prep import read_prep
 
 KIND = "flex-train"
-DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=1e-3,
-                lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.15, center_lam=20.0, rigidity=2.0,
-                k_start=0.3, k_final=0.8, load=None, seed=0)
+DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=5e-3,
+                lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.05, center_lam=1.0, rigidity=2.0,
+                k_start=0.5, k_final=0.8, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128)
+LATENT_MODES = ("encoder", "autodecode")
 
 
 def load_mesh(mesh) -> TetraMesh:
@@ -103,14 +107,21 @@ def image_loss(model: FlexModel, y, R, ctf, disp, sigma: float, kmask) -> torch.
 
 
 def build_model(cfg: dict, data: FlexData, mesh: TetraMesh) -> FlexModel:
-    return FlexModel(mesh, data.D, len(data), cfg["K"], cfg["hidden"], cfg["layers"], data.consensus, cfg["seed"])
+    return FlexModel(mesh, data.D, len(data), cfg["K"], cfg["hidden"], cfg["layers"], data.consensus, cfg["seed"],
+                     cfg["latent"], cfg["enc_hidden"], float(data.images.std()) or 1.0)
+
+
+def _z_lr(cfg: dict) -> float:
+    return cfg["lr_enc"] if cfg["latent"] == "encoder" else cfg["lr_z"]
 
 
 def _optimizers(model: FlexModel, cfg: dict, v_scale: float):
+    zopt = (torch.optim.Adam(model.encoder.parameters(), lr=cfg["lr_enc"]) if model.encoder is not None
+            else torch.optim.SparseAdam(list(model.latent.parameters()), lr=cfg["lr_z"]))
     return {
         "gen": torch.optim.Adam(model.generator.parameters(), lr=cfg["lr"]),
         "map": torch.optim.Adam([model.V], lr=cfg["lr_map"] * v_scale),
-        "z": torch.optim.SparseAdam(list(model.latent.parameters()), lr=cfg["lr_z"]),
+        "z": zopt,
     }
 
 
@@ -130,6 +141,10 @@ def flex_train_job(config: dict) -> Job:
             raise InputError(None, f"flex train needs '{k}'")
     torch.manual_seed(cfg["seed"])
     run = RunDir(cfg["outdir"]).create()
+    if cfg["load"] and (run.path / "config.yaml").exists():  # resume in the latent mode the run was made with
+        cfg["latent"] = run.read_config().get("latent", "autodecode")
+    if cfg["latent"] not in LATENT_MODES:
+        raise InputError("--latent", f"must be one of {', '.join(LATENT_MODES)}, got {cfg['latent']!r}")
     data = FlexData(cfg["prep"])
     mesh = load_mesh(cfg["mesh"])
     check_mesh_box(mesh, data.D, data.apix, cfg["mesh"] if isinstance(cfg["mesh"], (str, Path)) else "--mesh")
@@ -165,7 +180,7 @@ def flex_train_job(config: dict) -> Job:
         t0 = time.time()
         fac, kmax = schedule(cfg, epoch, data.D)
         for k, o in opts.items():
-            base = {"gen": cfg["lr"], "map": cfg["lr_map"] * v_scale, "z": cfg["lr_z"]}[k]
+            base = {"gen": cfg["lr"], "map": cfg["lr_map"] * v_scale, "z": _z_lr(cfg)}[k]
             for grp in o.param_groups:
                 grp["lr"] = base * fac
         kmask = fourier_loss_mask(data.D, kmax)
@@ -174,7 +189,7 @@ def flex_train_job(config: dict) -> Job:
         for b in range(0, n, B):
             ii = perm[b : b + B]
             y, R, ctf = data.batch(ii)
-            z = model.z_of(ii)
+            z = model.z_of(ii, data.images[ii])
             zn = (z + cfg["noise"] * torch.randn(z.shape, generator=g)).clamp(-1.5, 1.5)
             disp = model.displacements(zn)
             ldata = image_loss(model, y, R, ctf, disp, data.sigma, kmask)
@@ -188,7 +203,7 @@ def flex_train_job(config: dict) -> Job:
                 o.step()
             sums += np.array([ldata.sum().item(), lprior.sum().item(), lrig.sum().item(), len(ii)])
         step = epoch + 1
-        zs = model.all_z()
+        zs = model.all_z(data.images)
         zpath = run.path / f"z.{step}.npy"
         save_npy_atomic(zpath, zs.astype(np.float32))
         run.mark_complete(zpath, step)
@@ -238,7 +253,8 @@ def load_trained(run, epoch: int | None = None):
     state = torch.load(path, weights_only=False)
     mesh = TetraMesh.from_pickle(cfg["mesh"])
     cons, _ = read_mrc(Path(cfg["prep"]) / "consensus.mrc")
-    model = FlexModel(mesh, int(state["D"]), int(state["n"]), int(state["K"]), cfg["hidden"], cfg["layers"], cons)
+    model = FlexModel(mesh, int(state["D"]), int(state["n"]), int(state["K"]), cfg["hidden"], cfg["layers"], cons,
+                      latent=cfg.get("latent", "autodecode"), enc_hidden=cfg.get("enc_hidden", 128))
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, step
