@@ -64,3 +64,43 @@ def small_map():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications the napari docks send, as (kind, text), instead of napari's notification manager."""
+    from cryo_napari.napari import _jobs
+
+    seen = []
+    monkeypatch.setattr(_jobs, "_notify", lambda kind, text: seen.append((kind, text)))
+    return seen
+
+
+def slow_fake_job(out: Path, n: int = 200, sleep_s: float = 0.02):
+    """A fake job for the dock tests: writes step_<i>.mrc atomically, then yields a loss Metric
+    and Progress; returns "finished".
+
+    Returns (generator, state); ``state["last"]`` is the last file written, ``state["closed"]``
+    becomes True when the generator is closed (abort) or finishes.
+    """
+    import time
+
+    from cryo_napari.io.mrc import write_mrc
+    from cryo_napari.jobs.protocol import Metric, Progress
+
+    state = {"closed": False, "last": None}
+
+    def job():
+        try:
+            for i in range(n):
+                time.sleep(sleep_s)
+                path = out / f"step_{i:03d}.mrc"
+                write_mrc(path, np.full((4, 4, 4), i, np.float32), apix=1.0)
+                state["last"] = path
+                yield Metric("loss", 1.0 / (i + 1), i)
+                yield Progress(i + 1, n, f"step {i + 1}")
+            return "finished"
+        finally:
+            state["closed"] = True
+
+    return job(), state

@@ -21,13 +21,6 @@ from cryo_napari.jobs.rundir import RunDir  # noqa: E402
 from cryo_napari.napari import _jobs  # noqa: E402
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    seen = []
-    monkeypatch.setattr(_jobs, "_notify", lambda kind, text: seen.append((kind, text)))
-    return seen
-
-
 def _fill(dock, values: dict) -> None:
     for dest, value in values.items():
         dock.form.set(dest, value)

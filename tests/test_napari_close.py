@@ -25,31 +25,7 @@ from cryo_napari.jobs.protocol import Progress  # noqa: E402
 from cryo_napari.jobs.rundir import RunDir  # noqa: E402
 from cryo_napari.napari import _close_guard as CG  # noqa: E402
 from cryo_napari.napari import _jobs  # noqa: E402
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    seen = []
-    monkeypatch.setattr(_jobs, "_notify", lambda kind, text: seen.append((kind, text)))
-    return seen
-
-
-def _slow_job(out: Path, n: int = 400, sleep_s: float = 0.02):
-    """Writes step_<i>.mrc then yields; ``state`` records the last file and whether it was closed."""
-    state = {"closed": False, "last": None}
-
-    def job():
-        try:
-            for i in range(n):
-                time.sleep(sleep_s)
-                path = out / f"step_{i:03d}.mrc"
-                write_mrc(path, np.full((4, 4, 4), i, np.float32), apix=1.0)
-                state["last"] = path
-                yield Progress(i + 1, n, f"step {i + 1}")
-        finally:
-            state["closed"] = True
-
-    return job(), state
+from conftest import slow_fake_job  # noqa: E402
 
 
 def _viewer_with(dock_name: str):
@@ -101,7 +77,7 @@ def test_interactive_close_asks_and_cancel_keeps_job(qtbot, tmp_path, notes, mon
     monkeypatch.setattr(CG, "_ask_user", lambda parent, titles: asked.append(titles) or answer["stop"])
     viewer, dock = _viewer_with("backproject")
     window = viewer.window._qt_window
-    job, state = _slow_job(tmp_path)
+    job, state = slow_fake_job(tmp_path, n=400)
     try:
         assert dock.start_job(job)
         qtbot.waitUntil(lambda: state["last"] is not None, timeout=10_000)
@@ -126,7 +102,7 @@ def test_interactive_close_asks_and_cancel_keeps_job(qtbot, tmp_path, notes, mon
 def test_closing_a_job_dock_stops_its_job(qtbot, tmp_path, notes):
     dock = _jobs.backproject_dock(None)
     qtbot.addWidget(dock)
-    job, state = _slow_job(tmp_path)
+    job, state = slow_fake_job(tmp_path, n=400)
     assert dock.start_job(job)
     qtbot.waitUntil(lambda: state["last"] is not None, timeout=10_000)
     t0 = time.monotonic()

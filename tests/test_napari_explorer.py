@@ -40,13 +40,6 @@ STAR = np.array([[0.0, 2.0], [0.6, 0.6], [2.0, 0.5], [0.9, -0.4], [1.3, -2.0], [
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    seen = []
-    monkeypatch.setattr(LE, "_notify", lambda kind, text: seen.append((kind, text)))
-    return seen
-
-
-@pytest.fixture
 def explorer(qtbot, notes):
     w = LE.LatentExplorer(None)
     qtbot.addWidget(w)

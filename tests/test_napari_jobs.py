@@ -23,34 +23,7 @@ from cryo_napari.io.mrc import read_mrc, write_mrc  # noqa: E402
 from cryo_napari.jobs.protocol import Artifact, Metric, Progress  # noqa: E402
 from cryo_napari.napari import _jobs  # noqa: E402
 from cryo_napari.napari._forms import FormError, build_form, form_to_argv, parse_form, parser_for  # noqa: E402
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    """Notifications the docks send, as (kind, text)."""
-    seen = []
-    monkeypatch.setattr(_jobs, "_notify", lambda kind, text: seen.append((kind, text)))
-    return seen
-
-
-def _slow_job(out: Path, n: int = 200, sleep_s: float = 0.02):
-    """A fake job: writes step_<i>.mrc atomically then yields; records whether it was closed."""
-    state = {"closed": False, "last": None}
-
-    def job():
-        try:
-            for i in range(n):
-                time.sleep(sleep_s)
-                path = out / f"step_{i:03d}.mrc"
-                write_mrc(path, np.full((4, 4, 4), i, np.float32), apix=1.0)
-                state["last"] = path
-                yield Metric("loss", 1.0 / (i + 1), i)
-                yield Progress(i + 1, n, f"step {i + 1}")
-            return "finished"
-        finally:
-            state["closed"] = True
-
-    return job(), state
+from conftest import slow_fake_job  # noqa: E402
 
 
 def test_form_round_trips_cli_defaults():
@@ -122,7 +95,7 @@ def test_backproject_dock_runs_in_thread_while_event_loop_runs(qtbot, tmp_path, 
 def test_stop_aborts_at_next_yield_and_last_output_loads(qtbot, tmp_path, notes):
     dock = _jobs.backproject_dock(None)
     qtbot.addWidget(dock)
-    job, state = _slow_job(tmp_path, n=500, sleep_s=0.02)
+    job, state = slow_fake_job(tmp_path, n=500, sleep_s=0.02)
     assert dock.start_job(job, total=500)
     qtbot.waitUntil(lambda: len([e for e in dock.events if isinstance(e, Progress)]) >= 5, timeout=20_000)
     t0 = time.monotonic()
@@ -143,8 +116,8 @@ def test_second_job_is_refused_while_one_runs(qtbot, tmp_path, notes):
     qtbot.addWidget(dock)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    job1, _ = _slow_job(tmp_path / "a", n=300)
-    job2, state2 = _slow_job(tmp_path / "b", n=3)
+    job1, _ = slow_fake_job(tmp_path / "a", n=300)
+    job2, state2 = slow_fake_job(tmp_path / "b", n=3)
     assert dock.start_job(job1)
     assert not dock.start_job(job2)
     assert notes and notes[-1][0] == "warning" and "already running" in notes[-1][1]
@@ -168,7 +141,7 @@ def test_input_error_becomes_notification(qtbot, tmp_path, notes):
     assert kind == "error" and "nope.star" in text and "\n" not in text
     assert not dock.running and dock.run_button.isEnabled()
     # the dock keeps working: the next job runs
-    job, _ = _slow_job(tmp_path, n=2, sleep_s=0.0)
+    job, _ = slow_fake_job(tmp_path, n=2, sleep_s=0.0)
     assert dock.start_job(job)
     qtbot.waitUntil(lambda: not dock.running, timeout=10_000)
     assert dock.result == "finished"

@@ -20,13 +20,6 @@ from cryo_napari.napari import _latent_path as LP  # noqa: E402
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    seen = []
-    monkeypatch.setattr(LE, "_notify", lambda kind, text: seen.append((kind, text)))
-    return seen
-
-
-@pytest.fixture
 def explorer(qtbot, vae_run):
     from napari.components import ViewerModel
 

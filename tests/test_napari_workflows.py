@@ -24,14 +24,6 @@ from cryo_napari.napari import _latent_explorer as LE  # noqa: E402
 from cryo_napari.napari import _mesh_segmenter as MS  # noqa: E402
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    seen = []
-    for mod in (_jobs, LE, MS):
-        monkeypatch.setattr(mod, "_notify", lambda kind, text: seen.append((kind, text)))
-    return seen
-
-
 def test_stop_real_training_leaves_last_epoch_loadable(qtbot, tmp_path, notes):
     """Stop a train-vae job started from its dock: the last complete epoch loads and resumes."""
     from cryo_napari.methods.vae.eval import load_vae_run
