@@ -3,7 +3,8 @@
 * **Load** a VAE run directory (ours via :func:`cryo_napari.analysis.runs.load_latent_run` or
   :func:`cryo_napari.methods.vae.eval.load_vae_run`) at an epoch, or a plain ``(N, zdim)`` ``.npy``.
 * **View** PCA scores, raw latent dims or UMAP (computed on demand in a worker) on chosen axes;
-  coloured by k-means cluster or any per-particle array (:meth:`LatentExplorer.add_values`);
+  coloured by k-means cluster or any per-particle array (:meth:`LatentExplorer.add_values`;
+  a loaded run offers defocus, scale and, for simulated data, the true state automatically);
   above :data:`HIST_ABOVE` points a 2-D histogram replaces the scatter.
 * **Select** with lasso / rectangle / ellipse (``matplotlib.widgets``): each adds a named
   selection; the list combines (union / intersection), inverts, deletes, exports (indices
@@ -209,6 +210,21 @@ class LatentExplorer(PathMixin, QWidget):
         self.run_path = Path(path)
         self.path_edit.setText(str(path))
         self.set_latents(z, run=run, epoch=ep)
+        if run is not None:
+            self.add_particle_values()
+
+    def add_particle_values(self) -> list[str]:
+        """Offer the run's per-particle defocus, scale and true state (if simulated) as colourings."""
+        from cryo_napari.napari._particle_values import particle_values
+
+        try:
+            vals = particle_values(self.run, len(self.z))
+        except Exception as exc:  # unreadable metadata must not block exploring the latents
+            _notify("warning", f"per-particle values unavailable: {exc}")
+            return []
+        for name, v in vals.items():
+            self.add_values(name, v)
+        return list(vals)
 
     def set_latents(self, z, run=None, epoch: int | None = None) -> None:
         """Show latents ``z`` (N, zdim); ``run`` (optional) generates volumes."""

@@ -5,7 +5,8 @@ Opens everything :func:`cryo_napari.napari._series_io.read_series` reads (``seri
 4-D image layers with a named slider (``frame`` / ``latent`` / ``iteration``), 3-D iso rendering
 and contrast fixed across frames. **Play** uses napari's own dims animation; **Export movie**
 renders each frame with ``viewer.screenshot`` and writes a GIF (imageio) or an MP4 (when
-``imageio-ffmpeg`` is installed).
+``imageio-ffmpeg`` is installed). **Follow flex run** regenerates the series along latent axis 1
+from the newest complete checkpoint of a (running) flex training run (:mod:`._series_follow`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from cryo_napari.errors import InputError
+from cryo_napari.napari._series_follow import FlexFollowMixin
 from cryo_napari.napari._series_io import read_series, series_kwargs
 
 
@@ -69,13 +71,14 @@ def write_movie(frames, path, fps: float = 5.0) -> Path:
     return path
 
 
-class SeriesViewer(QWidget):
-    """The series viewer dock."""
+class SeriesViewer(FlexFollowMixin, QWidget):
+    """The series viewer dock (with "follow flex run", :mod:`._series_follow`)."""
 
     def __init__(self, napari_viewer=None):
         super().__init__()
         self.viewer = napari_viewer
         self.layers: list = []
+        self._init_follow()
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         self.path_edit = QLineEdit()
@@ -98,10 +101,16 @@ class SeriesViewer(QWidget):
         for w in (QLabel("fps"), self.fps, play, export):
             row.addWidget(w)
         lay.addLayout(row)
+        lay.addLayout(self._follow_row())
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
         lay.addStretch(1)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """A closed dock stops following its flex run."""
+        self._close_follow()
+        super().closeEvent(event)
 
     def _guard(self, fn, *args):
         try:
