@@ -159,13 +159,9 @@ class Class3DDashboard(QWidget):
         super().closeEvent(event)
 
     def _guard(self, fn, *args):
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from cryo_napari.napari._jobs import error_message
+        from cryo_napari.napari._jobs import run_guarded
 
-            _notify("error", error_message(exc))
-            return None
+        return run_guarded(_notify, fn, *args)
 
     def open(self, run) -> None:
         self.run = Path(run)

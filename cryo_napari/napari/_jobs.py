@@ -59,6 +59,18 @@ def error_message(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+def run_guarded(notify, fn, *args):
+    """``fn(*args)``; an exception becomes one error line through ``notify(kind, text)`` → None.
+
+    Dock buttons go through this so a user action never raises into Qt's event loop.
+    """
+    try:
+        return fn(*args)
+    except Exception as exc:  # user actions report errors, never crash the viewer
+        notify("error", error_message(exc))
+        return None
+
+
 def _notify(kind: str, text: str) -> None:
     from napari.utils import notifications
 

@@ -187,13 +187,9 @@ class LatentExplorer(PathMixin, QWidget):
 
     # ------------------------------------------------------------------ helpers
     def _guard(self, fn, *args):
-        try:
-            return fn(*args)
-        except Exception as exc:  # user actions report errors, never crash the viewer
-            from cryo_napari.napari._jobs import error_message
+        from cryo_napari.napari._jobs import run_guarded
 
-            _notify("error", error_message(exc))
-            return None
+        return run_guarded(_notify, fn, *args)
 
     def _epoch_arg(self):
         return None if self.epoch_box.value() < 0 else self.epoch_box.value()

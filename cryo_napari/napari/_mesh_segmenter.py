@@ -196,13 +196,9 @@ class MeshSegmenter(QWidget):
         lay.addStretch(1)
 
     def _guard(self, fn, *args):
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from cryo_napari.napari._jobs import error_message
+        from cryo_napari.napari._jobs import run_guarded
 
-            _notify("error", error_message(exc))
-            return None
+        return run_guarded(_notify, fn, *args)
 
     def _browse(self):
         path, _ = QFileDialog.getOpenFileName(self, "consensus map", "", "MRC (*.mrc *.map)")

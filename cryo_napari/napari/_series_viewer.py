@@ -113,13 +113,9 @@ class SeriesViewer(FlexFollowMixin, QWidget):
         super().closeEvent(event)
 
     def _guard(self, fn, *args):
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from cryo_napari.napari._jobs import error_message
+        from cryo_napari.napari._jobs import run_guarded
 
-            _notify("error", error_message(exc))
-            return None
+        return run_guarded(_notify, fn, *args)
 
     def _browse(self):
         path = QFileDialog.getExistingDirectory(self, "series directory")
