@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog
                             QLabel, QLineEdit, QListWidget, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from cryo_napari.errors import InputError
+from cryo_napari.napari._widgets import button_row
 from cryo_napari.napari import _selection as S
 from cryo_napari.napari._latent_path import PathMixin
 
@@ -158,14 +159,10 @@ class LatentExplorer(PathMixin, QWidget):
         self.sel_list = QListWidget()
         self.sel_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         lay.addWidget(self.sel_list)
-        row = QHBoxLayout()
-        for label, fn in (("union", lambda: self.combine("union")), ("intersect", lambda: self.combine("intersection")),
-                          ("invert", self._invert_chosen), ("delete", self._delete_chosen),
-                          ("export…", self._export_dialog), ("import…", self._import_dialog)):
-            b = QPushButton(label)
-            b.clicked.connect(lambda _=False, f=fn: self._guard(f))
-            row.addWidget(b)
-        lay.addLayout(row)
+        lay.addLayout(button_row((("union", lambda: self.combine("union")),
+                                  ("intersect", lambda: self.combine("intersection")),
+                                  ("invert", self._invert_chosen), ("delete", self._delete_chosen),
+                                  ("export…", self._export_dialog), ("import…", self._import_dialog)), self._guard))
         self.status = QLabel("load a run or a z.npy")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)

@@ -19,10 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from cryo_napari.errors import InputError
+from cryo_napari.napari._widgets import button_row, path_row
 from cryo_napari.io.mrc import read_mrc, write_mrc
 
 SEG_LAYER, MAP_LAYER, MESH_LAYER = "segments", "consensus", "mesh preview"
@@ -149,15 +150,7 @@ class MeshSegmenter(QWidget):
         self.surface = None
         self.worker = None
         lay = QVBoxLayout(self)
-        row = QHBoxLayout()
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("consensus map (.mrc)")
-        browse = QPushButton("…")
-        browse.clicked.connect(self._browse)
-        open_b = QPushButton("Open")
-        open_b.clicked.connect(lambda: self._guard(self.open, self.path_edit.text()))
-        for w in (self.path_edit, browse, open_b):
-            row.addWidget(w)
+        row, self.path_edit = path_row("consensus map (.mrc)", self._browse, lambda t: self._guard(self.open, t))
         lay.addLayout(row)
         form = QFormLayout()
         self.method = QComboBox()
@@ -183,13 +176,8 @@ class MeshSegmenter(QWidget):
                          ("colour by", self.color_by)):
             form.addRow(label, w)
         lay.addLayout(form)
-        row = QHBoxLayout()
-        for label, fn in (("Seed", self.seed), ("Suggest fuse tree", self.suggest_fuse), ("Preview mesh", self.preview),
-                          ("Save…", self._save_dialog)):
-            b = QPushButton(label)
-            b.clicked.connect(lambda _=False, f=fn: self._guard(f))
-            row.addWidget(b)
-        lay.addLayout(row)
+        lay.addLayout(button_row((("Seed", self.seed), ("Suggest fuse tree", self.suggest_fuse),
+                                  ("Preview mesh", self.preview), ("Save…", self._save_dialog)), self._guard))
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)

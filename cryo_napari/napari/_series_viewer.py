@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from cryo_napari.errors import InputError
+from cryo_napari.napari._widgets import path_row
 from cryo_napari.napari._series_follow import FlexFollowMixin
 from cryo_napari.napari._series_io import read_series, series_kwargs
 
@@ -80,15 +81,8 @@ class SeriesViewer(FlexFollowMixin, QWidget):
         self.layers: list = []
         self._init_follow()
         lay = QVBoxLayout(self)
-        row = QHBoxLayout()
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("series.npy, directory of .mrc, or class3d run")
-        browse = QPushButton("…")
-        browse.clicked.connect(self._browse)
-        open_b = QPushButton("Open")
-        open_b.clicked.connect(lambda: self._guard(self.open, self.path_edit.text()))
-        for w in (self.path_edit, browse, open_b):
-            row.addWidget(w)
+        row, self.path_edit = path_row("series.npy, directory of .mrc, or class3d run", self._browse,
+                                       lambda t: self._guard(self.open, t))
         lay.addLayout(row)
         row = QHBoxLayout()
         self.fps = QSpinBox()
