@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QSpinBox, QVBoxLayout, QWidget)
 
 from cryo_napari.errors import InputError
 from cryo_napari.napari._widgets import button_row, path_row
