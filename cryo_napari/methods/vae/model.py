@@ -102,6 +102,20 @@ class Decoder(nn.Module):
             layers += [ResidLinear(hidden), nn.ReLU()]
         layers.append(nn.Linear(hidden, 2))
         self.rest = nn.Sequential(*layers)
+        self._init_first_layer_as_one(self.pe.out_dim + zdim)
+
+    @torch.no_grad()
+    def _init_first_layer_as_one(self, fan_in: int) -> None:
+        """Initialise ``first_pe`` and ``first_z`` as the one ``Linear(pe + zdim, hidden)`` they
+        replace (cryoDRGN's first layer): uniform in ±1/√fan_in. Left at PyTorch's per-module
+        default, the latent weights would start √((pe + zdim)/zdim) ≈ 3× larger, so the random z
+        of early epochs perturbs every slice and the map is learned ~2× more slowly (measured)."""
+        bound = fan_in ** -0.5
+        for lin in (self.first_pe, self.first_z):
+            if lin is not None:
+                nn.init.uniform_(lin.weight, -bound, bound)
+                if lin.bias is not None:
+                    nn.init.uniform_(lin.bias, -bound, bound)
 
     def half_space(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Raw output (a, b) at coordinates (B, M, 3) or (M, 3) for latents (B, zdim) → (B, M, 2)."""
