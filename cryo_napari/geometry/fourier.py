@@ -191,6 +191,20 @@ def fourier_crop_3d(vol: torch.Tensor, D_out: int) -> torch.Tensor:
     return ifft_centered(ft, 3).real * (D_out / D) ** 3
 
 
+def fourier_crop_3d_for_projection(vol: torch.Tensor, D_out: int) -> torch.Tensor:
+    """Downsample a (D, D, D) map to (D_out,)³ so that its projections match images of it
+    downsampled with :func:`fourier_crop_2d`.
+
+    Projections here are sums over voxels (line integrals in voxel units), and both crops keep
+    the mean value per voxel/pixel, so a map cropped by :func:`fourier_crop_3d` projects
+    ``D_out / D`` times weaker than the cropped images. This multiplies by ``D / D_out``. Use it
+    wherever a user's map meets particles cropped to a smaller working box (initial class maps,
+    the flex canonical map).
+    """
+    D = vol.shape[-1]
+    return fourier_crop_3d(vol, D_out) * (D / D_out)
+
+
 def lowpass_3d(vol: torch.Tensor, resolution_A: float, apix: float, soft_px: float = 2.0) -> torch.Tensor:
     """Low-pass a (D, D, D) map to ``resolution_A`` Å with a raised-cosine edge of ``soft_px``."""
     D = vol.shape[-1]

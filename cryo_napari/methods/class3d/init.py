@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cryo_napari.errors import InputError
-from cryo_napari.geometry.fourier import fourier_crop_3d, lowpass_3d
+from cryo_napari.geometry.fourier import fourier_crop_3d_for_projection, lowpass_3d
 from cryo_napari.geometry.masks import threshold_mask_3d
 from cryo_napari.io.mrc import read_mrc
 from cryo_napari.methods.class3d.data import WorkingSet
@@ -61,7 +61,7 @@ def load_input_maps(paths, ws: WorkingSet) -> torch.Tensor:
             raise InputError(p, f"not a cubic map (shape {vol.shape})")
         box = vol.shape[-1]
         if box == ws.D:
-            vol = fourier_crop_3d(torch.as_tensor(np.array(vol)), ws.d)
+            vol = fourier_crop_3d_for_projection(torch.as_tensor(np.array(vol)), ws.d)
         elif box == ws.d:
             vol = torch.as_tensor(vol)
         else:

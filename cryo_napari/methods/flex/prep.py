@@ -18,7 +18,7 @@ import yaml
 
 from cryo_napari.errors import InputError
 from cryo_napari.geometry.backproject import Backprojector, split_halves
-from cryo_napari.geometry.fourier import fourier_crop_2d, fourier_crop_3d
+from cryo_napari.geometry.fourier import fourier_crop_2d, fourier_crop_3d_for_projection
 from cryo_napari.geometry.rotations import matrix_to_relion_euler
 from cryo_napari.io.mrc import read_mrc, write_mrc
 from cryo_napari.io.particles import ParticleData, load_particles
@@ -69,7 +69,7 @@ def flex_prep_job(particles, out, train_box: int = 128, max_particles: int | Non
         vol, _ = read_mrc(consensus)
         if vol.ndim != 3 or vol.shape[0] != D:
             raise InputError(consensus, f"consensus map box {vol.shape} differs from the particle box {D}")
-        vol_t = fourier_crop_3d(torch.tensor(np.array(vol, np.float32)), train_box).numpy()
+        vol_t = fourier_crop_3d_for_projection(torch.tensor(np.array(vol, np.float32)), train_box).numpy()
     else:
         yield Log("info", "no consensus map given: back-projecting the cropped particles")
         bp = Backprojector(train_box)
