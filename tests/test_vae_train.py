@@ -64,6 +64,19 @@ def test_train_writes_complete_epochs_in_input_order(dataset, tmp_path):
     assert np.abs(mu.numpy()[::-1] - z).max() > 1e-3
 
 
+def test_convergence_runs_every_k_epochs_without_changing_training(dataset, tmp_path):
+    paths, ind_file, _ = dataset
+    with_check, without = tmp_path / "with", tmp_path / "without"
+    train(paths["star"], with_check, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--convergence-every", "2")
+    train(paths["star"], without, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--convergence-every", "0")
+    res = json.loads((with_check / "convergence" / "convergence.json").read_text())
+    assert res["epochs"] == [1, 2] and res["reasoning"]
+    assert (with_check / "convergence" / "maps.png").exists()
+    assert not (without / "convergence").exists()
+    # the check after epoch 2 leaves the training RNG alone: epoch 3 is identical
+    assert np.array_equal(np.load(with_check / "z.3.npy"), np.load(without / "z.3.npy"))
+
+
 def test_resume_matches_uninterrupted_run_and_skips_incomplete(dataset, tmp_path):
     paths, _, _ = dataset
     full, part, broken = tmp_path / "full", tmp_path / "part", tmp_path / "broken"

@@ -43,6 +43,9 @@ def add_args(p):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 mixed precision (default on with CUDA, off on CPU)")
     p.add_argument("--device", help="torch device (default cuda when available)")
+    p.add_argument("--convergence-every", type=int, default=5, metavar="K",
+                   help="run the convergence diagnostics (as `cryo-napari convergence`) into RUN/convergence "
+                        "every K epochs and log the verdict; 0 = never (default 5)")
 
 
 def make_job(args):
@@ -52,7 +55,7 @@ def make_job(args):
     cfg = {k: getattr(args, k) for k in (
         "particles", "poses", "ctf", "datadir", "ind", "outdir", "epochs", "zdim", "D", "lazy", "uninvert", "load",
         "batch_size", "lr", "wd", "beta", "beta_schedule", "enc_layers", "enc_dim", "dec_layers", "dec_dim",
-        "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device")}
+        "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device", "convergence_every")}
     cfg["use_ctf"] = not args.no_ctf
     return train_vae_job(cfg)
 

@@ -31,7 +31,7 @@ DEFAULTS = dict(
     particles=None, poses=None, ctf=None, datadir=None, ind=None, outdir=None, epochs=20, zdim=8, D=None,
     lazy=False, uninvert=False, load=None, batch_size=None, lr=None, wd=0.0, beta=None, beta_schedule="constant",
     enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, pe_type="gaussian", pe_dim=None, feat_sigma=0.5,
-    repr="fourier", march=0, seed=0, amp=None, device=None, use_ctf=True,
+    repr="fourier", march=0, seed=0, amp=None, device=None, use_ctf=True, convergence_every=5,
 )
 KIND = "train-vae"
 
@@ -321,9 +321,38 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
             yield Metric(f"epoch_{key}", float(last[key]), epoch + 1)
         yield Log("info", f"epoch {epoch + 1}/{E}: loss {last['loss']:.5g} (mse {last['mse']:.5g}, kl {last['kl']:.4g}), "
                           f"{dt:.1f} s, {last['images_per_s']:.0f} images/s")
+        every = int(cfg.get("convergence_every") or 0)
+        if every > 0 and (epoch + 1) % every == 0 and epoch + 1 >= 2:
+            yield from _convergence_check(rd.path, every)
     if lead:
         rd.write_final(E, weights=f"weights.{E}.pt", z=f"z.{E}.npy")
     return {"run": rd.path, "epochs": E, **last}
+
+
+def _convergence_check(run_path, every: int):
+    """Convergence diagnostics (``cryo-napari convergence``) on the epochs written so far, into
+    RUN/convergence; its verdict is logged. A failure here is logged and never stops training.
+    Runs under a forked torch RNG (loading models draws initial weights), so training after a
+    check is the same with or without it and after ``--load``."""
+    from cryo_napari.methods.vae.convergence import convergence_job
+
+    artifacts = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            job = convergence_job(run_path, every=every)
+            while True:
+                try:
+                    ev = next(job)
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+                if isinstance(ev, Artifact):
+                    artifacts.append(ev)
+    except Exception as exc:  # diagnostics must not end a training run
+        yield Log("warning", f"convergence check failed: {exc}")
+        return
+    yield from artifacts
+    yield Log("info", f"convergence (RUN/convergence/convergence.json): {res['reasoning']}")
 
 
 class _null:
