@@ -5,6 +5,7 @@ rigidity, latent prior; forward + backward + three optimisers) on random images 
 ``--cells`` over a synthetic map, after one warm-up step. Example (docs/benchmarks.md)::
 
     OMP_NUM_THREADS=1 python benchmarks/flex_epoch_time.py -D 64 --batches 3 --particles 10000
+    OMP_NUM_THREADS=1 python benchmarks/flex_epoch_time.py -D 64 --batches 2 --profile 15   # where time goes
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--particles", type=int, default=10000)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile the timed steps (torch.profiler) and print the N ops with most self CPU time")
     a = ap.parse_args(argv)
 
     from cryo_napari.geometry.rotations import random_rotations
@@ -42,7 +45,11 @@ def main(argv=None):
     kmask = fourier_loss_mask(D, 0.8 * D / 2)
     rng = np.random.default_rng(0)
     times = []
+    prof = None
     for b in range(a.batches + 1):
+        if b == 1 and a.profile:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            prof.__enter__()
         ii = torch.arange(b * B, (b + 1) * B)
         y = torch.randn(B, D, D, dtype=torch.complex64) * D
         R = torch.as_tensor(random_rotations(B, rng), dtype=torch.float32)
@@ -58,6 +65,9 @@ def main(argv=None):
         for o in opts.values():
             o.step()
         times.append(time.time() - t)
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile))
     step = float(np.median(times[1:]))
     rep = {"D": D, "cells": a.cells, "vertices": len(mesh.points), "tetrahedra": len(mesh.cells), "batch": B,
            "threads": torch.get_num_threads(), "mesh_s": round(t_mesh, 2), "step_s": round(step, 3),

@@ -3,6 +3,7 @@
 Speed (training step throughput, 1 thread, random data, nothing else):
 
     OMP_NUM_THREADS=1 python benchmarks/vae_quality.py speed --D 32 64 --batch 8 64
+    OMP_NUM_THREADS=1 python benchmarks/vae_quality.py speed --D 64 --batch 16 --profile 15   # where time goes
 
 Quality, SNR 0.1, on a discrete dataset (``--kind discrete``: 3 states, full / domain swung /
 domain removed) or a continuous one (``--kind continuous``: a domain swung 0–15° over 20 frames):
@@ -59,6 +60,12 @@ def speed(args):
                 for _ in range(n_steps):
                     step()
                 dt = time.perf_counter() - t0
+                if args.profile:
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                        for _ in range(3):
+                            step()
+                    print(f"D={D} {repr} batch {B}:")
+                    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
                 ips = n_steps * B / dt
                 pts = len(lat) if repr == "fourier" else lat.n_full
                 gf = 3 * flops_per_image(model.arch, pts) * ips / 1e9
@@ -69,31 +76,39 @@ def speed(args):
     return rows
 
 
-def quality(args):
+def build_dataset(kind: str, D: int, n: int, snr: float, map_path: str, out: Path) -> Path:
+    """Simulate (once; reused when present) the discrete or continuous benchmark dataset of
+    ``n`` particles at box ``D`` and ``snr`` from the synthetic map or an .mrc map; returns its folder."""
     from cryo_napari.geometry.fourier import fourier_crop_3d
-    from cryo_napari.geometry.fsc import fsc, fsc_auc
-    from cryo_napari.jobs.protocol import Log, run_to_end
-    from cryo_napari.methods.vae.eval import load_vae_run
-    from cryo_napari.methods.vae.train import default_lr, train_vae_job
     from cryo_napari.simulate.heterogeneity import discrete_states, domain_motion_series, synthetic_map
     from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
 
-    out = Path(args.out)
-    D = args.D[0]
-    data_dir = out / f"data_{args.kind}_D{D}_n{args.n}_snr{args.snr:g}_{Path(args.map).stem}"
+    data_dir = Path(out) / f"data_{kind}_D{D}_n{n}_snr{snr:g}_{Path(map_path).stem}"
     if not (data_dir / "ground_truth.npz").exists():
-        if args.map == "synthetic":
+        if map_path == "synthetic":
             vol = synthetic_map(D, seed=3)
         else:
             from cryo_napari.io.mrc import read_mrc
 
-            v, _ = read_mrc(args.map)
+            v, _ = read_mrc(map_path)
             vol = fourier_crop_3d(torch.as_tensor(v), D).numpy()
-        if args.kind == "discrete":
-            maps, names, _ = discrete_states(vol)
+        if kind == "discrete":
+            maps, _, _ = discrete_states(vol)
         else:
             maps, _, _ = domain_motion_series(vol, 20, 15.0)
-        simulate_dataset(maps, data_dir, SimulationParams(n_particles=args.n, snr=args.snr, apix=3.0 * 64 / D, seed=1))
+        simulate_dataset(maps, data_dir, SimulationParams(n_particles=n, snr=snr, apix=3.0 * 64 / D, seed=1))
+    return data_dir
+
+
+def quality(args):
+    from cryo_napari.geometry.fsc import fsc, fsc_auc
+    from cryo_napari.jobs.protocol import Log, run_to_end
+    from cryo_napari.methods.vae.eval import load_vae_run
+    from cryo_napari.methods.vae.train import default_lr, train_vae_job
+
+    out = Path(args.out)
+    D = args.D[0]
+    data_dir = build_dataset(args.kind, D, args.n, args.snr, args.map, out)
     run = out / f"run_{args.tag}"
     cfg = dict(particles=data_dir / "particles.star", outdir=run, epochs=args.epochs, seed=0, repr=args.repr,
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
@@ -186,6 +201,8 @@ def main():
     p.add_argument("--out", default="/tmp/vae_bench")
     p.add_argument("--tag", default="default")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="speed: also profile 3 steps (torch.profiler), print the N ops with most self CPU time")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
