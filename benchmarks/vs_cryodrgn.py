@@ -126,12 +126,11 @@ def main(argv=None) -> int:
     gt = np.load(data / "ground_truth.npz")
     sel = np.random.default_rng(0).choice(a.n, size=min(a.n_fsc, a.n), replace=False)
     evals = a.eval_epochs or sorted({*range(5, a.epochs + 1, 5), a.epochs})
-    stack = ["particles.mrcs", "--poses", "poses.pkl", "--ctf", "ctf.pkl"]
-    stack = [str(data / x) if x.endswith((".mrcs", ".pkl")) else x for x in stack]
+    stack = [str(data / "particles.mrcs"), "--poses", str(data / "poses.pkl"), "--ctf", str(data / "ctf.pkl")]
     res_file = out / "results.json"
     res = json.loads(res_file.read_text()) if res_file.exists() else {}
     res["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads_per_run": a.threads,
-                      "python": platform.python_version(), "load_avg_at_start": os.getloadavg()[0]}
+                      "python": platform.python_version()}
     res["dataset"] = {"kind": a.kind, "D": a.D, "n": a.n, "snr": a.snr, "map": a.map, "dir": str(data)}
 
     def save():
@@ -153,7 +152,9 @@ def main(argv=None) -> int:
         if name not in res.get("runs", {}):
             shutil.rmtree(run, ignore_errors=True)  # a run interrupted before it was recorded
             print(f"running {name}: {shlex.join(cmd + [str(run)])}", flush=True)
+            load = os.getloadavg()[0]
             info = launch(cmd + [str(run)], a.threads, out / f"{name}.log")
+            info["load_avg_at_start"] = load
             times = cryodrgn_epoch_times(run) if name == "cryodrgn" else our_epoch_times(run)
             info["epoch_s"] = times
             info["images_per_s"] = a.n / float(np.median(times))
@@ -184,8 +185,10 @@ def table(res: dict, kind: str) -> str:
     metric = "ARI" if kind == "discrete" else "Spearman |ρ| (best 1-D)"
     m, d = res["machine"], res["dataset"]
     lines = [f"Dataset: {d['kind']}, D = {d['D']}, {d['n']} particles, SNR {d['snr']}, map {d['map']}. "
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads_per_run']} thread(s) per run, "
-             f"load average at start {m['load_avg_at_start']:.2f}.", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads_per_run']} thread(s) per run; 1-minute "
+             "load average when each run started: " + ", ".join(
+                 f"{k} {v['load_avg_at_start']:.2f}" for k, v in res.get("runs", {}).items() if "load_avg_at_start" in v)
+             + ".", "",
              f"| run | options (besides the stack, poses, CTF) | epoch | train s (cumulative) | images/s | peak RSS MiB | {metric} | FSC AUC |",
              "|---|---|---|---|---|---|---|---|"]
     for name, info in res.get("runs", {}).items():
