@@ -114,15 +114,7 @@ def quality(args):
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
                beta_schedule=args.beta_schedule, enc_layers=args.layers, dec_layers=args.layers, load=args.load)
     t0 = time.perf_counter()
-    job = train_vae_job(cfg)
-    while True:
-        try:
-            ev = next(job)
-        except StopIteration as stop:
-            res = stop.value
-            break
-        if isinstance(ev, Log):
-            print(ev.text, flush=True)
+    run_to_end(train_vae_job(cfg), lambda ev: print(ev.text, flush=True) if isinstance(ev, Log) else None)
     wall = time.perf_counter() - t0
     gt = np.load(data_dir / "ground_truth.npz")
     rng = np.random.default_rng(0)

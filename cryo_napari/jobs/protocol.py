@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator, Union
+from typing import Any, Callable, Generator, Union
 
 log = logging.getLogger("cryo_napari")
 
@@ -99,10 +99,13 @@ def run_in_terminal(job: Job, desc: str = "", quiet: bool = False) -> Any:
             bar.close()
 
 
-def run_to_end(job: Job) -> Any:
-    """Run a job ignoring its events; return its result (tests, scripts)."""
+def run_to_end(job: Job, on_event: Callable[[Event], Any] | None = None) -> Any:
+    """Run a job to its end and return its result (tests, scripts, jobs inside jobs);
+    ``on_event`` sees every event (default: events are ignored)."""
     while True:
         try:
-            next(job)
+            ev = next(job)
         except StopIteration as stop:
             return stop.value
+        if on_event is not None:
+            on_event(ev)

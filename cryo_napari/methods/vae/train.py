@@ -21,7 +21,7 @@ import torch
 from cryo_napari.errors import InputError
 from cryo_napari.io.particles import load_particles
 from cryo_napari.jobs.atomic import atomic_path, save_npy_atomic
-from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress
+from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress, run_to_end
 from cryo_napari.jobs.rundir import RunDir
 from cryo_napari.methods.vae import distributed as dist_
 from cryo_napari.methods.vae.data import VAEData, encoder_input, encoder_width, hartley_full
@@ -339,15 +339,8 @@ def _convergence_check(run_path, every: int):
     artifacts = []
     try:
         with torch.random.fork_rng(devices=[]):
-            job = convergence_job(run_path, every=every)
-            while True:
-                try:
-                    ev = next(job)
-                except StopIteration as stop:
-                    res = stop.value
-                    break
-                if isinstance(ev, Artifact):
-                    artifacts.append(ev)
+            res = run_to_end(convergence_job(run_path, every=every),
+                             lambda ev: artifacts.append(ev) if isinstance(ev, Artifact) else None)
     except Exception as exc:  # diagnostics must not end a training run
         yield Log("warning", f"convergence check failed: {exc}")
         return
