@@ -112,7 +112,8 @@ def quality(args):
     run = out / f"run_{args.tag}"
     cfg = dict(particles=data_dir / "particles.star", outdir=run, epochs=args.epochs, seed=0, repr=args.repr,
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
-               beta_schedule=args.beta_schedule, enc_layers=args.layers, dec_layers=args.layers, load=args.load)
+               beta_schedule=args.beta_schedule, enc_layers=args.layers, dec_layers=args.layers, load=args.load,
+               convergence_every=args.convergence_every)
     t0 = time.perf_counter()
     run_to_end(train_vae_job(cfg), lambda ev: print(ev.text, flush=True) if isinstance(ev, Log) else None)
     wall = time.perf_counter() - t0
@@ -189,6 +190,7 @@ def main():
     p.add_argument("--lr", type=float)
     p.add_argument("--march", type=int, default=0)
     p.add_argument("--beta-schedule", default="constant")
+    p.add_argument("--convergence-every", type=int, default=5, help="train-vae's in-training convergence check (0 = off)")
     p.add_argument("--n-fsc", type=int, default=100, help="particles for the per-image FSC AUC")
     p.add_argument("--out", default="/tmp/vae_bench")
     p.add_argument("--tag", default="default")

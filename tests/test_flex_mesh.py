@@ -169,6 +169,9 @@ def test_generated_series_lets_unfused_segments_slide_apart(vol):
         model = FlexModel(m, 32, 1, K=1, hidden=4, layers=1, V0=vol)
         model.generator = SlideSegment(np.unique(m.cells[m.cell_segment == 1]), len(m.points))
         frames[fuse] = (m, generate_series(model, m, np.array([[0.0], [1.0]], np.float32)))
+    # the canonical map is the input map inside the model's support (solvent outside it is zeroed)
+    assert np.abs(model.V.detach().numpy() - vol).sum() < 1e-3 * np.abs(vol).sum()
+    vol = model.V.detach().numpy()
     m, series = frames[None]
     np.testing.assert_allclose(series[0], vol, atol=1e-5)  # zero latent: the canonical map
     seg = m.cell_segment[np.maximum(m.tetraidx_map, 0)] * (m.tetraidx_map >= 0) + (m.tetraidx_map < 0) * -1

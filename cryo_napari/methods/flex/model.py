@@ -112,16 +112,20 @@ class FlexModel(nn.Module):
         self.register_buffer("vox_idx", torch.as_tensor(idx))
         self.register_buffer("vox_verts", self.cells[torch.as_tensor(cell)])
         self.register_buffer("vox_bary", torch.as_tensor(bary, dtype=torch.float32))
+        # not persistent: rebuilt from the mesh, so checkpoints stay independent of the sampling
+        self.register_buffer("support", support_mask(mesh, D), persistent=False)  # (D, D, D) bool, V lives here
+        self.register_buffer("cull", cull_mask(self.support), persistent=False)  # points that can touch it
+        grid, pix = support_points(self.cull)
+        self.register_buffer("grid_r", grid, persistent=False)  # (M, 3) xyz, image frame
+        self.register_buffer("grid_pix", pix, persistent=False)  # (M,) pixel index y·D + x
         V0 = np.zeros((D, D, D), np.float32) if V0 is None else np.asarray(V0, np.float32)
-        self.V = nn.Parameter(torch.tensor(np.array(V0)))
+        # density outside the support never projects, so it would stay at its initial value
+        self.V = nn.Parameter(torch.tensor(np.array(V0)) * self.support)
         self.generator = FlowGenerator(K, len(pts), hidden, layers)
         self.latent = nn.Embedding(n_particles, K, sparse=True)
         with torch.no_grad():
             self.latent.weight.copy_(0.3 * torch.randn(n_particles, K, generator=g))
         self.encoder = LatentEncoder(D, K, enc_hidden, image_scale) if latent == "encoder" else None
-        r = torch.arange(D, dtype=torch.float32) - D // 2
-        zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
-        self.register_buffer("grid_r", torch.stack([xx, yy, zz], -1).reshape(-1, 3))  # (D³, 3) xyz
 
     # -- latents ------------------------------------------------------------------------------
     def z_of(self, ind: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -157,7 +161,13 @@ class FlexModel(nn.Module):
     # -- images -------------------------------------------------------------------------------
     def project(self, flow: torch.Tensor | None, rotations: torch.Tensor, V: torch.Tensor | None = None) -> torch.Tensor:
         """Real-space projections (B, D, D) of the convected map at ``rotations`` (B, 3, 3)."""
-        return project_convected(self.V if V is None else V, flow, rotations, self.grid_r)
+        V = (self.V if V is None else V) * self.support
+        return project_convected(V, flow, rotations, self.grid_r, self.grid_pix, self.cull)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s; ignores the full-box ``grid_r`` that checkpoints before 2026-11-30 saved."""
+        state_dict = {k: v for k, v in state_dict.items() if k != "grid_r"}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def squash(raw: torch.Tensor) -> torch.Tensor:
@@ -172,9 +182,9 @@ def flow_from_displacements(disp, vox_idx, vox_verts, vox_bary, D: int) -> torch
     """(B, P, 3) vertex displacements → (B, 3, D, D, D) voxel flow via barycentric weights."""
     B = disp.shape[0]
     u = (disp[:, vox_verts] * vox_bary[None, :, :, None]).sum(2)  # (B, M, 3)
-    flow = disp.new_zeros(B, D * D * D, 3)
-    flow = flow.index_copy(1, vox_idx, u)
-    return flow.reshape(B, D, D, D, 3).permute(0, 4, 1, 2, 3)
+    flow = disp.new_zeros(B, 3, D * D * D)  # contiguous channels-first, as grid_sample wants it
+    flow = flow.index_copy(2, vox_idx, u.transpose(1, 2))
+    return flow.reshape(B, 3, D, D, D)
 
 
 def _normalise(coords: torch.Tensor, D: int) -> torch.Tensor:
@@ -197,19 +207,108 @@ def convect(V: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
     return out[:, 0]
 
 
+def support_mask(mesh: TetraMesh, D: int, margin: float = 3.0) -> torch.Tensor:
+    """(D, D, D) bool [z, y, x]: the voxels of box D where the convected map may be non-zero.
+
+    The mesh's tetrahedra and its soft mask, resampled from the mesh box N to D (nearest mesh
+    voxel, as :func:`voxel_barycentrics`), dilated by ``margin`` voxels of box D so that density
+    moved by the flow stays inside. Solvent outside it neither projects nor is learned (cryoSPARC
+    3DFlex likewise models the canonical density inside the mask).
+    """
+    from scipy import ndimage
+
+    N = mesh.N
+    inside = np.asarray(mesh.tetraidx_map) >= 0
+    if mesh.mask_soft is not None:
+        inside = inside | (np.asarray(mesh.mask_soft) > 0)
+    k = np.clip(np.rint((np.arange(D) - D // 2) * (N / D) + N // 2).astype(np.int64), 0, N - 1)
+    m = inside[np.ix_(k, k, k)]
+    r = int(math.ceil(margin))
+    if r > 0:
+        g = np.arange(-r, r + 1)
+        ball = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) <= margin**2
+        m = ndimage.binary_dilation(m, structure=ball)
+    return torch.as_tensor(m)
+
+
+def cull_mask(support: torch.Tensor) -> torch.Tensor:
+    """``support`` (D, D, D) bool dilated by one voxel in every direction (3×3×3): a point whose
+    nearest voxel is outside it has no trilinear neighbour in ``support``, so skipping it changes
+    neither the projection of a map that is zero outside ``support`` nor that map's gradient."""
+    from scipy import ndimage
+
+    return torch.as_tensor(ndimage.binary_dilation(support.numpy(), structure=np.ones((3, 3, 3), bool)))
+
+
+def projection_points(D: int, radius: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-frame grid points of the projection integral inside a sphere.
+
+    Returns (r (M, 3) float32 xyz voxels about the centre D//2, pix (M,) int64 index y·D + x of
+    the image pixel each point sums into). ``radius`` None keeps the whole D³ cube.
+    """
+    r = torch.arange(D, dtype=torch.float32) - D // 2
+    zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
+    pts = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
+    pix = torch.arange(D * D).repeat(D)  # [z, y, x] order: the pixel of point p is p mod D²
+    if radius is not None:
+        keep = pts.square().sum(1) <= radius**2
+        pts, pix = pts[keep], pix[keep]
+    return pts.contiguous(), pix.contiguous()
+
+
+def support_points(support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection points (as :func:`projection_points`) inside the sphere about the box centre
+    that holds ``support`` (D, D, D) bool under every rotation."""
+    D = support.shape[-1]
+    zyx = torch.nonzero(support).float()
+    radius = float((zyx - D // 2).norm(dim=1).max()) + 1.0 if len(zyx) else 0.0
+    return projection_points(D, radius)
+
+
+def _cull(s: torch.Tensor, pix: torch.Tensor, support: torch.Tensor):
+    """Keep, per particle, the points whose map-frame position ``s`` (B, M, 3) xyz lies in
+    ``support``; pad to the batch's largest count with points far outside the box (they sample
+    zero). Returns (s (B, M', 3), pix (B, M'))."""
+    D = support.shape[-1]
+    B, M, _ = s.shape
+    near = s.detach().round().long().clamp_(0, D - 1)
+    inside = support[near[..., 2], near[..., 1], near[..., 0]]  # (B, M)
+    counts = inside.sum(1)
+    keep = int(counts.max())
+    # stream compaction without a sort: kept point j of a row goes to column (#kept before j)
+    col = torch.where(inside, inside.cumsum(1) - 1, keep)
+    order = torch.zeros(B, keep + 1, dtype=torch.long).scatter_(1, col, torch.arange(M).expand(B, M))[:, :keep]
+    valid = torch.arange(keep)[None] < counts[:, None]
+    s = torch.gather(s, 1, order[..., None].expand(B, keep, 3))
+    s = torch.where(valid[..., None], s, torch.full_like(s, -4.0 * D))
+    return s, pix[order]
+
+
 def project_convected(V: torch.Tensor, flow: torch.Tensor | None, rotations: torch.Tensor,
-                      grid_r: torch.Tensor) -> torch.Tensor:
-    """Σ_z V(s − u(s)) with s = Rᵀ r + D//2 over the box grid r; (B, D, D) images [y, x]."""
+                      grid_r: torch.Tensor, grid_pix: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_z V(s − u(s)) with s = Rᵀ r + D//2 over the points r of :func:`projection_points`.
+
+    V (D, D, D), flow (B, 3, D, D, D) voxels or None, rotations (B, 3, 3); returns (B, D, D)
+    images [y, x]. ``support`` (D, D, D) bool: only points whose un-deformed position s falls in
+    it are sampled (per particle), which at D = 64 skips most of the cube; exact when V is zero
+    outside it by one voxel (:func:`cull_mask`) and the flow is zero there. Two trilinear samples
+    per point (flow, then map), differentiable in all inputs.
+    """
     D = V.shape[-1]
     B = rotations.shape[0]
-    s = torch.einsum("pj,bij->bpi", grid_r, rotations.to(V.dtype).transpose(1, 2)) + D // 2  # (B, D³, 3) Rᵀ r
-    s = s.reshape(B, D, D, D, 3)  # [z, y, x] of the image-frame grid
+    s = torch.einsum("pj,bij->bpi", grid_r, rotations.to(V.dtype).transpose(1, 2)) + D // 2  # (B, M, 3) Rᵀ r
+    pix = grid_pix.expand(B, -1)
+    if support is not None:
+        s, pix = _cull(s, grid_pix, support)
+    M = s.shape[1]
+    s = s.reshape(B, 1, 1, M, 3)
     if flow is not None:
         u = F.grid_sample(flow, _normalise(s, D), mode="bilinear", padding_mode="zeros", align_corners=True)
         s = s - u.permute(0, 2, 3, 4, 1)
-    vol = F.grid_sample(V[None, None].expand(B, 1, D, D, D), _normalise(s, D), mode="bilinear",
-                        padding_mode="zeros", align_corners=True)
-    return vol[:, 0].sum(1)
+    # one batch of B·M points: the map's gradient is accumulated in one (D, D, D) buffer, not B
+    vals = F.grid_sample(V[None, None], _normalise(s.reshape(1, 1, 1, B * M, 3), D), mode="bilinear",
+                         padding_mode="zeros", align_corners=True).reshape(B, M)
+    return vals.new_zeros(B, D * D).scatter_add(1, pix, vals).reshape(B, D, D)
 
 
 def rigidity_penalty(rest, cells, Dm_inv, rweights, disp) -> torch.Tensor:

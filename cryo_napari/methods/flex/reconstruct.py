@@ -27,18 +27,19 @@ from cryo_napari.io.particles import load_particles
 from cryo_napari.jobs.atomic import write_text_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress
 from cryo_napari.methods.flex.mesh import TetraMesh, voxel_barycentrics
-from cryo_napari.methods.flex.model import flow_from_displacements, project_convected
+from cryo_napari.methods.flex.model import (cull_mask, flow_from_displacements, project_convected, projection_points,
+                                           support_mask, support_points)
 from cryo_napari.methods.flex.prep import noise_sigma, read_prep
 
 
 def solve_map(images, rot, shifts, ctf, flows, D: int, sigma: float, iters: int = 20, lam: float = 1e-3,
-              batch: int = 64, V0=None):
-    """L-BFGS solve for a (D, D, D) map; ``flows(ii)`` gives (B, 3, D, D, D) or None. Returns (V, loss)."""
+              batch: int = 64, V0=None, support=None):
+    """L-BFGS solve for a (D, D, D) map; ``flows(ii)`` gives (B, 3, D, D, D) or None. Density is
+    modelled inside ``support`` ((D, D, D) bool; None: the whole cube). Returns (V, loss)."""
     V = torch.zeros((D, D, D)) if V0 is None else torch.as_tensor(V0).clone()
     V.requires_grad_(True)
-    r = torch.arange(D, dtype=torch.float32) - D // 2
-    zz, yy, xx = torch.meshgrid(r, r, r, indexing="ij")
-    grid_r = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
+    cull = cull_mask(support) if support is not None else None
+    grid_r, grid_pix = support_points(cull) if support is not None else projection_points(D)
     k = torch.arange(D, dtype=torch.float32) - D // 2
     kmask = (k[:, None] ** 2 + k[None, :] ** 2) < (D / 2) ** 2
     n = len(images)
@@ -52,7 +53,7 @@ def solve_map(images, rot, shifts, ctf, flows, D: int, sigma: float, iters: int 
         for b in range(0, n, batch):
             ii = np.arange(b, min(n, b + batch))
             y = phase_shift_2d(fft_centered(images[ii].to(torch.complex64), 2), shifts[ii])
-            proj = project_convected(V, flows(ii), rot[ii], grid_r)
+            proj = project_convected(V if support is None else V * support, flows(ii), rot[ii], grid_r, grid_pix, cull)
             pred = fft_centered(proj.to(torch.complex64), 2) * ctf[ii]
             loss = (pred - y)[:, kmask].abs().square().sum() / (2 * D * D * sigma**2)
             loss.backward()
@@ -60,7 +61,8 @@ def solve_map(images, rot, shifts, ctf, flows, D: int, sigma: float, iters: int 
         return torch.tensor(val)
 
     loss = opt.step(closure)
-    return V.detach(), float(loss)
+    V = V.detach()
+    return (V if support is None else V * support), float(loss)
 
 
 def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, batch: int = 64,
@@ -97,6 +99,7 @@ def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, bat
     def flex_flows(ii):
         return flow_from_displacements(disp[ii], idx_t, verts, bary_t, D)
 
+    support = support_mask(mesh, D)  # same support as training, at the full box
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     maps = {}
@@ -105,7 +108,7 @@ def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, bat
         for h in (0, 1):
             ii = np.nonzero(half == h)[0]
             V, loss = solve_map(images[ii], rot[ii], shifts[ii], ctf[ii], lambda jj, ii=ii, f=flows: f(ii[jj]), D,
-                                sigma, iters, lam, batch)
+                                sigma, iters, lam, batch, support=support)
             maps[(kind, h)] = V.numpy()
             write_mrc(out / f"{kind}_half_{h + 1}.mrc", maps[(kind, h)], apix)
             yield Metric(f"{kind}_half_{h + 1}_loss", loss, 0)
