@@ -39,13 +39,10 @@ def classify(star, run, K, extra):
     return res
 
 
-def oracle_ari(star, gt, target_res) -> float:
-    """ARI of the Bayes classifier that knows the true maps: E-step (exact posteriors, noise per
-    shell estimated with the true assignments) with the ground-truth maps at the working box.
-    No classification of these images can do better on average; it measures how separable the
-    states are at this SNR, independent of the EM."""
-    from sklearn.metrics import adjusted_rand_score
-
+def oracle_loglik(star, maps, states, target_res) -> np.ndarray:
+    """Log-likelihood (n, K) of each image under each ground-truth map (K, D, D, D) at the working
+    box of ``target_res``: the class3d E-step with noise per shell estimated from the true
+    assignments ``states`` (n,). Any classifier or latent of these images is bounded by it."""
     from cryo_napari.geometry.fourier import fourier_crop_3d_for_projection
     from cryo_napari.io.particles import load_particles
     from cryo_napari.jobs.protocol import run_to_end
@@ -53,11 +50,20 @@ def oracle_ari(star, gt, target_res) -> float:
     from cryo_napari.methods.class3d.em import e_step, noise_from_estep
 
     ws = run_to_end(prepare_working_set(load_particles(star), target_res))
-    maps = torch.stack([fourier_crop_3d_for_projection(torch.as_tensor(m, dtype=torch.float32), ws.d) for m in gt["maps"]])
+    maps = torch.stack([fourier_crop_3d_for_projection(torch.as_tensor(m, dtype=torch.float32), ws.d) for m in maps])
     K, n = len(maps), len(ws)
     lp, sc = np.full(K, -np.log(K)), np.ones(n)
-    s2 = noise_from_estep(e_step(ws, maps, lp, np.ones(ws.d // 2), sc, 0.0, False, post_given=np.eye(K)[gt["states"]]))
-    lab = e_step(ws, maps, lp, s2, sc, 0.0, False).loglik.argmax(1)
+    s2 = noise_from_estep(e_step(ws, maps, lp, np.ones(ws.d // 2), sc, 0.0, False, post_given=np.eye(K)[states]))
+    return e_step(ws, maps, lp, s2, sc, 0.0, False).loglik
+
+
+def oracle_ari(star, gt, target_res) -> float:
+    """ARI of the Bayes classifier that knows the true maps (:func:`oracle_loglik`, arg max).
+    No classification of these images can do better on average; it measures how separable the
+    states are at this SNR, independent of the EM."""
+    from sklearn.metrics import adjusted_rand_score
+
+    lab = oracle_loglik(star, gt["maps"], gt["states"], target_res).argmax(1)
     return float(adjusted_rand_score(gt["states"], lab))
 
 

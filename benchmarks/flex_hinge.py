@@ -31,6 +31,35 @@ def summary(curve):
     return {"low": float(np.mean(curve[1 : n // 2 + 1])), "high": float(np.mean(curve[n // 2 + 1 :]))}
 
 
+def ceiling_rho(star, maps, states, target_res: float, n: int) -> dict:
+    """Bayes ceiling of the latent's |Spearman ρ| with the true frame: for the first ``n``
+    particles, the posterior over the K true maps (flat prior, class3d E-step at full box) and the
+    ρ of its mean frame, and of the maximum-likelihood frame, with the true frame."""
+    import tempfile
+
+    import starfile
+
+    from class3d_bench import oracle_loglik
+
+    df = starfile.read(star, always_dict=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sub = Path(tmp) / "sub.star"
+        df["particles"] = df["particles"].iloc[:n]
+        starfile.write(df, sub)
+        # image paths in the star are relative to its folder: write the subset beside it
+        sub_here = Path(star).with_name(".ceiling_subset.star")
+        sub_here.write_text(sub.read_text())
+    try:
+        ll = oracle_loglik(sub_here, maps, states[:n], target_res)
+    finally:
+        sub_here.unlink(missing_ok=True)
+    post = np.exp(ll - ll.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    frames = np.arange(len(maps))
+    return {"n": int(n), "rho_posterior_mean": float(abs(spearmanr(post @ frames, states[:n]).statistic)),
+            "rho_max_likelihood": float(abs(spearmanr(ll.argmax(1), states[:n]).statistic))}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", required=True)
@@ -45,6 +74,9 @@ def main(argv=None):
     ap.add_argument("--segments", action="store_true", help="two-segment mesh (domain / rest), fused 0>1")
     ap.add_argument("--iters", type=int, default=10, help="reconstruction L-BFGS iterations")
     ap.add_argument("--recon-particles", type=int, default=None)
+    ap.add_argument("--ceiling", type=int, default=0, metavar="N",
+                    help="also the Bayes ceiling of |rho| from the true maps on the first N particles")
+    ap.add_argument("--ceiling-only", action="store_true", help="simulate, compute the ceiling, stop")
     ap.add_argument("--train-args", default="", help="extra 'flex train' arguments, e.g. '--noise 0.1'")
     a = ap.parse_args(argv)
 
@@ -63,6 +95,14 @@ def main(argv=None):
                              extra_truth={"trajectory_angle_deg": angles})
     write_mrc(out / "consensus.mrc", maps.mean(0), a.apix)
     times["simulate"] = time.time() - t
+    ceiling = None
+    if a.ceiling or a.ceiling_only:
+        t = time.time()
+        ceiling = ceiling_rho(paths["star"], maps, np.load(paths["truth"])["states"], 2 * a.apix, a.ceiling or 1000)
+        times["ceiling"] = time.time() - t
+        print(json.dumps({"ceiling": ceiling}), flush=True)
+        if a.ceiling_only:
+            return
 
     def step(name, args):
         t0 = time.time()
@@ -116,7 +156,7 @@ def main(argv=None):
     rigid_map, _ = read_mrc(out / "recon" / "rigid_map.mrc")
     ref = maps[f0]
     rep = {
-        "args": vars(a), "times_s": times, "epoch": ep,
+        "args": vars(a), "times_s": times, "epoch": ep, "ceiling": ceiling,
         "spearman_per_dim": rho, "abs_spearman_best": abs(rho[best]),
         "frame_of_zero_latent": f0, "angle_of_zero_latent": float(angles[f0]),
         "generated_vs_truth_domain_fsc_mean": {k: float(np.mean([g[k] for g in gen_fsc])) for k in ("low", "high")},
