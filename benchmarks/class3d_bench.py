@@ -39,34 +39,6 @@ def classify(star, run, K, extra):
     return res
 
 
-def oracle_loglik(star, maps, states, target_res) -> np.ndarray:
-    """Log-likelihood (n, K) of each image under each ground-truth map (K, D, D, D) at the working
-    box of ``target_res``: the class3d E-step with noise per shell estimated from the true
-    assignments ``states`` (n,). Any classifier or latent of these images is bounded by it."""
-    from cryo_napari.geometry.fourier import fourier_crop_3d_for_projection
-    from cryo_napari.io.particles import load_particles
-    from cryo_napari.jobs.protocol import run_to_end
-    from cryo_napari.methods.class3d.data import prepare_working_set
-    from cryo_napari.methods.class3d.em import e_step, noise_from_estep
-
-    ws = run_to_end(prepare_working_set(load_particles(star), target_res))
-    maps = torch.stack([fourier_crop_3d_for_projection(torch.as_tensor(m, dtype=torch.float32), ws.d) for m in maps])
-    K, n = len(maps), len(ws)
-    lp, sc = np.full(K, -np.log(K)), np.ones(n)
-    s2 = noise_from_estep(e_step(ws, maps, lp, np.ones(ws.d // 2), sc, 0.0, False, post_given=np.eye(K)[states]))
-    return e_step(ws, maps, lp, s2, sc, 0.0, False).loglik
-
-
-def oracle_ari(star, gt, target_res) -> float:
-    """ARI of the Bayes classifier that knows the true maps (:func:`oracle_loglik`, arg max).
-    No classification of these images can do better on average; it measures how separable the
-    states are at this SNR, independent of the EM."""
-    from sklearn.metrics import adjusted_rand_score
-
-    lab = oracle_loglik(star, gt["maps"], gt["states"], target_res).argmax(1)
-    return float(adjusted_rand_score(gt["states"], lab))
-
-
 def confusion(truth, labels, n_true, K):
     m = np.zeros((n_true, K), int)
     np.add.at(m, (truth, labels), 1)
@@ -86,6 +58,7 @@ def main():
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    from ceiling import ceiling_ari
     from sklearn.metrics import adjusted_rand_score
 
     from cryo_napari.simulate.heterogeneity import discrete_states, domain_motion_series, synthetic_map
@@ -97,7 +70,7 @@ def main():
     maps, names, _ = discrete_states(vol, a.angle)
     gt = simulate(out / "discrete", maps, a.n, a.snr, 0)
     truth = gt["states"]
-    results["oracle_ari"] = oracle_ari(out / "discrete" / "particles.star", gt, a.target_res)
+    results["oracle_ari"] = ceiling_ari(out / "discrete" / "particles.star", gt["maps"], truth, a.target_res)
     print(json.dumps({"oracle_ari_true_maps": results["oracle_ari"]}), flush=True)
     for K in (3, 6):
         if f"k{K}" in a.skip:

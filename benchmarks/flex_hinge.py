@@ -31,35 +31,6 @@ def summary(curve):
     return {"low": float(np.mean(curve[1 : n // 2 + 1])), "high": float(np.mean(curve[n // 2 + 1 :]))}
 
 
-def ceiling_rho(star, maps, states, target_res: float, n: int) -> dict:
-    """Bayes ceiling of the latent's |Spearman ρ| with the true frame: for the first ``n``
-    particles, the posterior over the K true maps (flat prior, class3d E-step at full box) and the
-    ρ of its mean frame, and of the maximum-likelihood frame, with the true frame."""
-    import tempfile
-
-    import starfile
-
-    from class3d_bench import oracle_loglik
-
-    df = starfile.read(star, always_dict=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        sub = Path(tmp) / "sub.star"
-        df["particles"] = df["particles"].iloc[:n]
-        starfile.write(df, sub)
-        # image paths in the star are relative to its folder: write the subset beside it
-        sub_here = Path(star).with_name(".ceiling_subset.star")
-        sub_here.write_text(sub.read_text())
-    try:
-        ll = oracle_loglik(sub_here, maps, states[:n], target_res)
-    finally:
-        sub_here.unlink(missing_ok=True)
-    post = np.exp(ll - ll.max(1, keepdims=True))
-    post /= post.sum(1, keepdims=True)
-    frames = np.arange(len(maps))
-    return {"n": int(n), "rho_posterior_mean": float(abs(spearmanr(post @ frames, states[:n]).statistic)),
-            "rho_max_likelihood": float(abs(spearmanr(ll.argmax(1), states[:n]).statistic))}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", required=True)
@@ -67,6 +38,7 @@ def main(argv=None):
     ap.add_argument("-n", type=int, default=2000, help="particles")
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--apix", type=float, default=4.0)
+    ap.add_argument("--map", default="synthetic", help="'synthetic' or an .mrc map (Fourier-cropped to D)")
     ap.add_argument("--angle", type=float, default=15.0, help="largest hinge angle (degrees)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("-K", type=int, default=1)
@@ -89,7 +61,14 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     times = {}
     t = time.time()
-    vol = synthetic_map(a.D, seed=3)
+    if a.map == "synthetic":
+        vol = synthetic_map(a.D, seed=3)
+    else:
+        import torch
+
+        from cryo_napari.geometry.fourier import fourier_crop_3d
+
+        vol = fourier_crop_3d(torch.as_tensor(read_mrc(a.map)[0]), a.D).numpy()
     maps, angles, dmask = domain_motion_series(vol, 20, a.angle)
     paths = simulate_dataset(maps, out / "sim", SimulationParams(n_particles=a.n, snr=a.snr, apix=a.apix, seed=1),
                              extra_truth={"trajectory_angle_deg": angles})
@@ -98,6 +77,8 @@ def main(argv=None):
     ceiling = None
     if a.ceiling or a.ceiling_only:
         t = time.time()
+        from ceiling import ceiling_rho
+
         ceiling = ceiling_rho(paths["star"], maps, np.load(paths["truth"])["states"], 2 * a.apix, a.ceiling or 1000)
         times["ceiling"] = time.time() - t
         print(json.dumps({"ceiling": ceiling}), flush=True)

@@ -132,6 +132,14 @@ def quality(args):
     bp_auc = [fsc_auc(fsc(bp_map, gt["maps"][gt["states"][i]])) for i in sel]
     print(json.dumps({"mean_map_fsc_auc": float(np.mean(base)), "backprojection_fsc_auc": float(np.mean(bp_auc))}),
           flush=True)
+    ceiling = None
+    if args.ceiling:
+        from ceiling import ceiling_ari, ceiling_rho
+
+        apix = 3.0 * 64 / D  # as build_dataset
+        f = ceiling_ari if args.kind == "discrete" else ceiling_rho
+        ceiling = f(data_dir / "particles.star", gt["maps"], gt["states"], 2 * apix, args.ceiling)
+        print(json.dumps({"ceiling": ceiling}), flush=True)
     per_epoch = []
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     for e in args.eval_epochs or [args.epochs]:
@@ -147,7 +155,7 @@ def quality(args):
                lr=args.lr or default_lr(args.batch[0]), march=args.march, arch=f"{args.dim}x{args.layers}",
                epochs=args.epochs, wall_s=wall, images_per_s=float(np.mean([m["images_per_s"] for m in metrics])),
                threads=torch.get_num_threads(), mean_map_fsc_auc=float(np.mean(base)), backprojection_fsc_auc=float(np.mean(bp_auc)),
-               evaluation=per_epoch)
+               ceiling=ceiling, evaluation=per_epoch)
     with open(out / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row))
@@ -191,6 +199,8 @@ def main():
     p.add_argument("--march", type=int, default=0)
     p.add_argument("--beta-schedule", default="constant")
     p.add_argument("--convergence-every", type=int, default=5, help="train-vae's in-training convergence check (0 = off)")
+    p.add_argument("--ceiling", type=int, default=0, metavar="N",
+                   help="also the Bayes ceiling (ARI or |rho| from the true maps) on the first N particles")
     p.add_argument("--n-fsc", type=int, default=100, help="particles for the per-image FSC AUC")
     p.add_argument("--out", default="/tmp/vae_bench")
     p.add_argument("--tag", default="default")
