@@ -89,3 +89,32 @@ def test_autodecode_option_trains_and_resumes_in_its_mode(hinge, tmp_path):
     assert np.load(tmp_path / "run" / "z.2.npy").shape == (N, 1)
     with pytest.raises(SystemExit):  # argparse choices
         cli([*base, "-o", str(tmp_path / "bad"), "--latent", "nope"])
+
+
+def test_encoder_box_crops_the_encoder_input_and_reloads(hinge, tmp_path, capsys):
+    """``--enc-box`` low-passes what the encoder sees (its first layer takes box² inputs); the
+    run reloads with the same encoder (saved latents = encoder of the images); a box that is odd
+    or larger than the training box is one clear error and leaves no run behind."""
+    from cryo_napari.methods.flex.train import FlexData, load_trained
+
+    out, _ = hinge
+    base = ["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-K", "1", "--hidden", "8",
+            "--layers", "1", "--batch-size", "100", "--epochs", "1"]
+    assert cli([*base, "-o", str(tmp_path / "run"), "--enc-box", "8"]) == 0
+    model, cfg, step = load_trained(tmp_path / "run")
+    assert cfg["enc_box"] == 8 and model.encoder.net[1].in_features == 64
+    images = FlexData(out / "prep").images
+    np.testing.assert_allclose(model.all_z(images), np.load(tmp_path / "run" / f"z.{step}.npy"), atol=1e-5)
+    # the encoder's input is the cropped image: a change above the crop's band does not move z
+    high = torch.zeros(2, D, D)
+    high[:, ::2, ::2] = 1.0  # minus its mean: only Nyquist components, all outside an 8-px crop
+    with torch.no_grad():
+        z0 = model.encoder(images[:2])
+        z1 = model.encoder(images[:2] + 5.0 * (high - high.mean()))
+    np.testing.assert_allclose(z0.numpy(), z1.numpy(), atol=1e-4)
+    for bad in ("7", "32"):
+        capsys.readouterr()
+        assert cli([*base, "-o", str(tmp_path / f"bad{bad}"), "--enc-box", bad]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--enc-box" in err[0] and "even box" in err[0]
+        assert not list((tmp_path / f"bad{bad}").glob("weights.*.pt"))

@@ -64,6 +64,33 @@ def test_train_writes_complete_epochs_in_input_order(dataset, tmp_path):
     assert np.abs(mu.numpy()[::-1] - z).max() > 1e-3
 
 
+def test_encoder_radius_feeds_the_encoder_only_low_frequencies(dataset, tmp_path):
+    """--enc-radius R: the encoder reads the lattice points with |k| < R (its input width says so
+    after reloading) and the saved z is that encoder's output; too small a radius is an error."""
+    from cryo_napari.io.particles import load_particles
+    from cryo_napari.methods.vae.data import VAEData, encoder_input
+    from cryo_napari.methods.vae.eval import load_vae_run
+
+    paths, ind_file, ind = dataset
+    run = tmp_path / "run"
+    train(paths["star"], run, "-n", "1", "--ind", str(ind_file), "--zdim", "2", "--lr", "1e-12", "--enc-radius", "4")
+    r = load_vae_run(run)
+    data = VAEData(load_particles(paths["star"], ind=ind), D=16)
+    for _ in data.prepare():
+        pass
+    m = data.lattice.count_within(4)
+    assert 2 < m < len(data.lattice) // 2 and r.model.arch["enc_in"] == 2 * m
+    b = data.batch(np.arange(200))
+    with torch.no_grad():
+        mu, _ = r.model.encode(encoder_input(b["y"][:, :m], b["ctf"][:, :m], "fourier"))
+    assert np.abs(mu.numpy() - np.load(run / "z.1.npy")).max() < 1e-4
+    with pytest.raises(Exception, match="enc-radius"):
+        from cryo_napari.jobs.protocol import run_to_end
+        from cryo_napari.methods.vae.train import train_vae_job
+
+        run_to_end(train_vae_job(dict(particles=paths["star"], outdir=tmp_path / "bad", epochs=1, enc_radius=0.5)))
+
+
 def test_convergence_runs_every_k_epochs_without_changing_training(dataset, tmp_path):
     paths, ind_file, _ = dataset
     with_check, without = tmp_path / "with", tmp_path / "without"

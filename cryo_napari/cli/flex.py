@@ -64,6 +64,9 @@ def add_args(p):
                    help="latents from an image encoder (default) or auto-decoded per particle")
     s.add_argument("--lr-enc", type=float, default=3e-3, help="encoder learning rate (default 3e-3)")
     s.add_argument("--enc-hidden", type=int, default=128, help="encoder width (default 128)")
+    s.add_argument("--enc-box", type=int, default=0,
+                   help="Fourier-crop the encoder's input images to this even box (a low-pass; default 0: the "
+                        "training box)")
     s.add_argument("--hidden", type=int, default=64, help="generator width (default 64)")
     s.add_argument("--layers", type=int, default=6, help="generator hidden layers (default 6)")
     s.add_argument("--noise", type=float, default=0.05,
@@ -151,7 +154,8 @@ def make_job(args):
                    extra_epochs=args.extra_epochs, batch_size=args.batch_size, lr=args.lr, lr_map=args.lr_map,
                    lr_z=args.lr_z, hidden=args.hidden, layers=args.layers, noise=args.noise,
                    center_lam=args.center_lam, rigidity=args.rigidity, load=args.load, seed=args.seed,
-                   latent=args.latent, lr_enc=args.lr_enc, enc_hidden=args.enc_hidden)
+                   latent=args.latent, lr_enc=args.lr_enc, enc_hidden=args.enc_hidden,
+                   enc_box=args.enc_box)
         return flex_train_job(cfg)
     if cmd == "generate":
         from cryo_napari.methods.flex.generate import flex_generate_job

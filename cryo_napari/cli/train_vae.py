@@ -38,6 +38,9 @@ def add_args(p):
                    help="loss on the Friedel half in Fourier space (default, 2× fewer decoder points) or Hartley")
     p.add_argument("--march", type=int, default=0, metavar="E",
                    help="frequency marching: loss radius grows from D/4 to D/2 over the first E epochs (default off)")
+    p.add_argument("--enc-radius", type=float, metavar="R",
+                   help="the encoder reads only Fourier components with |k| < R cycles/box (a low-pass at "
+                        "D·apix/R Å; default: all up to Nyquist, as cryoDRGN)")
     p.add_argument("--no-ctf", action="store_true", help="ignore CTF parameters")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -55,7 +58,7 @@ def make_job(args):
     cfg = {k: getattr(args, k) for k in (
         "particles", "poses", "ctf", "datadir", "ind", "outdir", "epochs", "zdim", "D", "lazy", "uninvert", "load",
         "batch_size", "lr", "wd", "beta", "beta_schedule", "enc_layers", "enc_dim", "dec_layers", "dec_dim",
-        "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device", "convergence_every")}
+        "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device", "convergence_every", "enc_radius")}
     cfg["use_ctf"] = not args.no_ctf
     return train_vae_job(cfg)
 

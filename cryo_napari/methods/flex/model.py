@@ -67,16 +67,29 @@ class FlowGenerator(nn.Module):
 
 
 class LatentEncoder(nn.Module):
-    """MLP ``image (B, D, D) → raw latent (B, K)``; images are divided by ``scale`` (their std)."""
+    """MLP ``image (B, D, D) → raw latent (B, K)``.
 
-    def __init__(self, D: int, K: int, hidden: int = 128, scale: float = 1.0):
+    With ``box`` < D the image is first Fourier-cropped to ``box`` (a low-pass: at low SNR most
+    of the input's noise power is above the frequencies a domain motion changes). Inputs are
+    divided by ``scale`` (the std of the, cropped, images).
+    """
+
+    def __init__(self, D: int, K: int, hidden: int = 128, scale: float = 1.0, box: int | None = None):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(D * D, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+        self.box = int(box) if box and box < D else None
+        d = self.box or D
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d * d, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                  nn.ReLU(), nn.Linear(hidden, K))
         self.register_buffer("scale", torch.tensor(float(scale)))
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's input (B, box, box) before scaling."""
+        from cryo_napari.geometry.fourier import fourier_crop_2d
+
+        return images if self.box is None else fourier_crop_2d(images, self.box)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images / self.scale)
+        return self.net(self.prepare(images) / self.scale)
 
 
 class FlexModel(nn.Module):
@@ -90,12 +103,12 @@ class FlexModel(nn.Module):
     K : latent dimensions.
     V0 : (D, D, D) initial canonical map.
     latent : "autodecode" (embedding rows) or "encoder" (image MLP, ``enc_hidden`` wide, input
-        divided by ``image_scale``).
+        Fourier-cropped to ``enc_box`` when given and divided by ``image_scale``).
     """
 
     def __init__(self, mesh: TetraMesh, D: int, n_particles: int, K: int = 2, hidden: int = 64, layers: int = 6,
                  V0: np.ndarray | None = None, seed: int = 0, latent: str = "autodecode", enc_hidden: int = 128,
-                 image_scale: float = 1.0):
+                 image_scale: float = 1.0, enc_box: int | None = None):
         super().__init__()
         if latent not in ("autodecode", "encoder"):
             raise ValueError(f"latent must be 'autodecode' or 'encoder', got {latent!r}")
@@ -125,7 +138,7 @@ class FlexModel(nn.Module):
         self.latent = nn.Embedding(n_particles, K, sparse=True)
         with torch.no_grad():
             self.latent.weight.copy_(0.3 * torch.randn(n_particles, K, generator=g))
-        self.encoder = LatentEncoder(D, K, enc_hidden, image_scale) if latent == "encoder" else None
+        self.encoder = LatentEncoder(D, K, enc_hidden, image_scale, enc_box) if latent == "encoder" else None
 
     # -- latents ------------------------------------------------------------------------------
     def z_of(self, ind: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:

@@ -42,7 +42,7 @@ from cryo_napari.methods.flex.prep import read_prep
 KIND = "flex-train"
 DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=5e-3,
                 lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.05, center_lam=1.0, rigidity=2.0,
-                k_start=0.5, k_final=0.8, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128)
+                k_start=0.5, k_final=0.8, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128, enc_box=0)
 LATENT_MODES = ("encoder", "autodecode")
 
 
@@ -107,8 +107,17 @@ def image_loss(model: FlexModel, y, R, ctf, disp, sigma: float, kmask) -> torch.
 
 
 def build_model(cfg: dict, data: FlexData, mesh: TetraMesh) -> FlexModel:
+    box = int(cfg.get("enc_box") or 0)
+    if box and (box % 2 or box > data.D):
+        raise InputError("--enc-box", f"must be an even box ≤ the training box {data.D}, got {box}")
+    if box and box < data.D:
+        from cryo_napari.geometry.fourier import fourier_crop_2d
+
+        scale = float(fourier_crop_2d(data.images[:2000], box).std())
+    else:
+        scale = float(data.images.std())
     return FlexModel(mesh, data.D, len(data), cfg["K"], cfg["hidden"], cfg["layers"], data.consensus, cfg["seed"],
-                     cfg["latent"], cfg["enc_hidden"], float(data.images.std()) or 1.0)
+                     cfg["latent"], cfg["enc_hidden"], scale or 1.0, box or None)
 
 
 def _z_lr(cfg: dict) -> float:
@@ -254,7 +263,8 @@ def load_trained(run, epoch: int | None = None):
     mesh = TetraMesh.from_pickle(cfg["mesh"])
     cons, _ = read_mrc(Path(cfg["prep"]) / "consensus.mrc")
     model = FlexModel(mesh, int(state["D"]), int(state["n"]), int(state["K"]), cfg["hidden"], cfg["layers"], cons,
-                      latent=cfg.get("latent", "autodecode"), enc_hidden=cfg.get("enc_hidden", 128))
+                      latent=cfg.get("latent", "autodecode"), enc_hidden=cfg.get("enc_hidden", 128),
+                      enc_box=cfg.get("enc_box") or None)
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, step

@@ -31,7 +31,7 @@ DEFAULTS = dict(
     particles=None, poses=None, ctf=None, datadir=None, ind=None, outdir=None, epochs=20, zdim=8, D=None,
     lazy=False, uninvert=False, load=None, batch_size=None, lr=None, wd=0.0, beta=None, beta_schedule="constant",
     enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, pe_type="gaussian", pe_dim=None, feat_sigma=0.5,
-    repr="fourier", march=0, seed=0, amp=None, device=None, use_ctf=True, convergence_every=5,
+    repr="fourier", march=0, seed=0, amp=None, device=None, use_ctf=True, convergence_every=5, enc_radius=None,
 )
 KIND = "train-vae"
 
@@ -97,9 +97,17 @@ def slice_loss(model: VAE, y: torch.Tensor, ctf: torch.Tensor | None, rot: torch
     return (err * w).sum(-1).mean() / w.sum()
 
 
+def encoder_points(model: VAE, repr: str) -> int:
+    """How many leading (lowest-frequency) lattice points the encoder reads, from its input width."""
+    n = model.arch["enc_in"]
+    return n // 2 if repr == "fourier" else (n + 1) // 2
+
+
 def step_loss(model: VAE, batch: dict, m: int, repr: str, z_sample: bool = True):
     """Loss terms of one batch: (mse per full-lattice point and image, KL per image, mu)."""
-    mu, logvar = model.encode(encoder_input(batch["y"], batch["ctf"], repr))
+    me = encoder_points(model, repr)
+    ctf = batch["ctf"]
+    mu, logvar = model.encode(encoder_input(batch["y"][:, :me], None if ctf is None else ctf[:, :me], repr))
     z = reparameterize(mu, logvar) if z_sample else mu
     mse = slice_loss(model, batch["y"], batch["ctf"], batch["rot"], z, m, repr)
     return mse, kl_divergence(mu.float(), logvar.float()), mu
@@ -213,7 +221,10 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
     yield from data.prepare()
     lat = data.lattice
     lr = cfg["lr"] or default_lr(cfg["batch_size"])
-    model = build_vae(data.D, encoder_width(len(lat), cfg["repr"]), cfg["zdim"], cfg["enc_layers"], cfg["enc_dim"],
+    m_enc = lat.count_within(cfg["enc_radius"]) if cfg.get("enc_radius") else len(lat)
+    if m_enc < 2:
+        raise InputError("--enc-radius", f"{cfg['enc_radius']} cycles/box leaves the encoder {m_enc} lattice point(s)")
+    model = build_vae(data.D, encoder_width(m_enc, cfg["repr"]), cfg["zdim"], cfg["enc_layers"], cfg["enc_dim"],
                       cfg["dec_layers"], cfg["dec_dim"], cfg["pe_type"], cfg["pe_dim"], cfg["feat_sigma"], cfg["seed"])
     model.to(device)
     model.lattice_k = lat.k.to(device)
