@@ -378,6 +378,17 @@ def make_tetramesh(vol, apix: float, mask=None, cells: int = 20, segments=None, 
     return TetraMesh(points, cells_arr, rw, tet_seg, tmap, mask_b, soft, N, float(apix), edges)
 
 
+def box_to_mesh_position(x: np.ndarray, D: int, N: int) -> np.ndarray:
+    """Positions ``x`` in voxels of box D → the same physical positions in voxels of the mesh box N
+    (both boxes centred on voxel ``D // 2`` / ``N // 2``)."""
+    return x if D == N else (np.asarray(x, np.float64) - D // 2) * (N / D) + N // 2
+
+
+def nearest_mesh_voxel(x: np.ndarray, D: int, N: int) -> np.ndarray:
+    """Index (int64, clipped to 0 … N−1) of the mesh-box voxel nearest to box-D positions ``x``."""
+    return np.clip(np.rint(box_to_mesh_position(x, D, N)).astype(np.int64), 0, N - 1)
+
+
 def voxel_barycentrics(mesh: TetraMesh, D: int | None = None):
     """Tetra and barycentric coordinates of the masked voxels of a box ``D`` (default the mesh box).
 
@@ -397,9 +408,8 @@ def voxel_barycentrics(mesh: TetraMesh, D: int | None = None):
     k = np.arange(D)
     zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
     pos = np.stack([xx, yy, zz], -1).reshape(-1, 3).astype(np.float64)
-    if D != N:
-        pos = (pos - D // 2) * (N / D) + N // 2
-    near = np.clip(np.rint(pos).astype(np.int64), 0, N - 1)
+    pos = box_to_mesh_position(pos, D, N)
+    near = nearest_mesh_voxel(pos, N, N)
     cell = mesh.tetraidx_map[near[:, 2], near[:, 1], near[:, 0]].astype(np.int64)
     inside = np.nonzero(cell >= 0)[0]
     cell = cell[inside]

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cryo_napari.methods.flex.mesh import TetraMesh, voxel_barycentrics
+from cryo_napari.methods.flex.mesh import TetraMesh, nearest_mesh_voxel, voxel_barycentrics
 
 ZMAX = 1.5
 
@@ -126,11 +126,9 @@ class FlexModel(nn.Module):
         self.register_buffer("vox_verts", self.cells[torch.as_tensor(cell)])
         self.register_buffer("vox_bary", torch.as_tensor(bary, dtype=torch.float32))
         # not persistent: rebuilt from the mesh, so checkpoints stay independent of the sampling
-        self.register_buffer("support", support_mask(mesh, D), persistent=False)  # (D, D, D) bool, V lives here
-        self.register_buffer("cull", cull_mask(self.support), persistent=False)  # points that can touch it
-        grid, pix = support_points(self.cull)
-        self.register_buffer("grid_r", grid, persistent=False)  # (M, 3) xyz, image frame
-        self.register_buffer("grid_pix", pix, persistent=False)  # (M,) pixel index y·D + x
+        support = support_mask(mesh, D)
+        for name, t in zip(("support", "cull", "grid_r", "grid_pix"), projection_setup(support)):
+            self.register_buffer(name, t, persistent=False)
         V0 = np.zeros((D, D, D), np.float32) if V0 is None else np.asarray(V0, np.float32)
         # density outside the support never projects, so it would stay at its initial value
         self.V = nn.Parameter(torch.tensor(np.array(V0)) * self.support)
@@ -234,7 +232,7 @@ def support_mask(mesh: TetraMesh, D: int, margin: float = 3.0) -> torch.Tensor:
     inside = np.asarray(mesh.tetraidx_map) >= 0
     if mesh.mask_soft is not None:
         inside = inside | (np.asarray(mesh.mask_soft) > 0)
-    k = np.clip(np.rint((np.arange(D) - D // 2) * (N / D) + N // 2).astype(np.int64), 0, N - 1)
+    k = nearest_mesh_voxel(np.arange(D), D, N)
     m = inside[np.ix_(k, k, k)]
     r = int(math.ceil(margin))
     if r > 0:
@@ -251,6 +249,14 @@ def cull_mask(support: torch.Tensor) -> torch.Tensor:
     from scipy import ndimage
 
     return torch.as_tensor(ndimage.binary_dilation(support.numpy(), structure=np.ones((3, 3, 3), bool)))
+
+
+def projection_setup(support: torch.Tensor):
+    """What :func:`project_convected` needs for a map modelled inside ``support`` (D, D, D) bool:
+    (support, cull mask (D, D, D) bool, points r (M, 3), pixel index (M,)). Multiply the map by
+    ``support`` and pass the rest; the projection is then that of the full cube."""
+    cull = cull_mask(support)
+    return (support, cull, *support_points(cull))
 
 
 def projection_points(D: int, radius: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,8 +296,10 @@ def _cull(s: torch.Tensor, pix: torch.Tensor, support: torch.Tensor):
     keep = int(counts.max())
     # stream compaction without a sort: kept point j of a row goes to column (#kept before j)
     col = torch.where(inside, inside.cumsum(1) - 1, keep)
-    order = torch.zeros(B, keep + 1, dtype=torch.long).scatter_(1, col, torch.arange(M).expand(B, M))[:, :keep]
-    valid = torch.arange(keep)[None] < counts[:, None]
+    dev = s.device
+    order = torch.zeros(B, keep + 1, dtype=torch.long, device=dev).scatter_(
+        1, col, torch.arange(M, device=dev).expand(B, M))[:, :keep]
+    valid = torch.arange(keep, device=dev)[None] < counts[:, None]
     s = torch.gather(s, 1, order[..., None].expand(B, keep, 3))
     s = torch.where(valid[..., None], s, torch.full_like(s, -4.0 * D))
     return s, pix[order]

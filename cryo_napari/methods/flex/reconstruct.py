@@ -27,8 +27,8 @@ from cryo_napari.io.particles import load_particles
 from cryo_napari.jobs.atomic import write_text_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress
 from cryo_napari.methods.flex.mesh import TetraMesh, voxel_barycentrics
-from cryo_napari.methods.flex.model import (cull_mask, flow_from_displacements, project_convected, projection_points,
-                                           support_mask, support_points)
+from cryo_napari.methods.flex.model import (flow_from_displacements, project_convected, projection_points,
+                                           projection_setup, support_mask)
 from cryo_napari.methods.flex.prep import noise_sigma, read_prep
 
 
@@ -38,8 +38,10 @@ def solve_map(images, rot, shifts, ctf, flows, D: int, sigma: float, iters: int 
     modelled inside ``support`` ((D, D, D) bool; None: the whole cube). Returns (V, loss)."""
     V = torch.zeros((D, D, D)) if V0 is None else torch.as_tensor(V0).clone()
     V.requires_grad_(True)
-    cull = cull_mask(support) if support is not None else None
-    grid_r, grid_pix = support_points(cull) if support is not None else projection_points(D)
+    if support is None:
+        cull, (grid_r, grid_pix) = None, projection_points(D)
+    else:
+        support, cull, grid_r, grid_pix = projection_setup(support)
     k = torch.arange(D, dtype=torch.float32) - D // 2
     kmask = (k[:, None] ** 2 + k[None, :] ** 2) < (D / 2) ** 2
     n = len(images)

@@ -191,3 +191,9 @@ def hartley_full(y: torch.Tensor) -> torch.Tensor:
 
 def encoder_width(M: int, repr: str) -> int:
     return 2 * M if repr == "fourier" else 2 * M - 1
+
+
+def encoder_points(width: int, repr: str) -> int:
+    """Inverse of :func:`encoder_width`: how many leading (lowest-frequency) lattice points an
+    encoder of input ``width`` reads."""
+    return width // 2 if repr == "fourier" else (width + 1) // 2

@@ -24,7 +24,7 @@ from cryo_napari.jobs.atomic import atomic_path, save_npy_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress, run_to_end
 from cryo_napari.jobs.rundir import RunDir
 from cryo_napari.methods.vae import distributed as dist_
-from cryo_napari.methods.vae.data import VAEData, encoder_input, encoder_width, hartley_full
+from cryo_napari.methods.vae.data import VAEData, encoder_input, encoder_points, encoder_width, hartley_full
 from cryo_napari.methods.vae.model import VAE, build_vae, flops_per_image, kl_divergence, reparameterize
 
 DEFAULTS = dict(
@@ -97,15 +97,9 @@ def slice_loss(model: VAE, y: torch.Tensor, ctf: torch.Tensor | None, rot: torch
     return (err * w).sum(-1).mean() / w.sum()
 
 
-def encoder_points(model: VAE, repr: str) -> int:
-    """How many leading (lowest-frequency) lattice points the encoder reads, from its input width."""
-    n = model.arch["enc_in"]
-    return n // 2 if repr == "fourier" else (n + 1) // 2
-
-
 def step_loss(model: VAE, batch: dict, m: int, repr: str, z_sample: bool = True):
     """Loss terms of one batch: (mse per full-lattice point and image, KL per image, mu)."""
-    me = encoder_points(model, repr)
+    me = encoder_points(model.arch["enc_in"], repr)
     ctf = batch["ctf"]
     mu, logvar = model.encode(encoder_input(batch["y"][:, :me], None if ctf is None else ctf[:, :me], repr))
     z = reparameterize(mu, logvar) if z_sample else mu
