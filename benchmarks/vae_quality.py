@@ -112,7 +112,8 @@ def quality(args):
     run = out / f"run_{args.tag}"
     cfg = dict(particles=data_dir / "particles.star", outdir=run, epochs=args.epochs, seed=0, repr=args.repr,
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
-               beta_schedule=args.beta_schedule, enc_layers=args.layers, dec_layers=args.layers, load=args.load,
+               beta_schedule=args.beta_schedule, lr_schedule=args.lr_schedule, enc_layers=args.layers,
+               dec_layers=args.layers, load=args.load,
                convergence_every=args.convergence_every, enc_radius=args.enc_radius)
     t0 = time.perf_counter()
     run_to_end(train_vae_job(cfg), lambda ev: print(ev.text, flush=True) if isinstance(ev, Log) else None)
@@ -152,7 +153,8 @@ def quality(args):
                               train_time_s=t_e))
         print(json.dumps(per_epoch[-1]), flush=True)
     row = dict(tag=args.tag, kind=args.kind, D=D, n=args.n, snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
-               lr=args.lr or default_lr(args.batch[0]), march=args.march, enc_radius=args.enc_radius, arch=f"{args.dim}x{args.layers}",
+               lr=args.lr or default_lr(args.batch[0]), march=args.march, lr_schedule=args.lr_schedule,
+               enc_radius=args.enc_radius, arch=f"{args.dim}x{args.layers}",
                epochs=args.epochs, wall_s=wall, images_per_s=float(np.mean([m["images_per_s"] for m in metrics])),
                threads=torch.get_num_threads(), mean_map_fsc_auc=float(np.mean(base)), backprojection_fsc_auc=float(np.mean(bp_auc)),
                ceiling=ceiling, evaluation=per_epoch)
@@ -198,6 +200,7 @@ def main():
     p.add_argument("--lr", type=float)
     p.add_argument("--march", type=int, default=0)
     p.add_argument("--beta-schedule", default="constant")
+    p.add_argument("--lr-schedule", help="constant (default) or cosine[:E0] (train-vae --lr-schedule)")
     p.add_argument("--convergence-every", type=int, default=5, help="train-vae's in-training convergence check (0 = off)")
     p.add_argument("--enc-radius", type=float, help="train-vae --enc-radius (encoder low-pass, cycles/box)")
     p.add_argument("--ceiling", type=int, default=0, metavar="N",

@@ -36,7 +36,8 @@ def test_stop_real_training_leaves_last_epoch_loadable(qtbot, tmp_path, notes):
     dock = _jobs.train_vae_dock(None)
     qtbot.addWidget(dock)
     for dest, value in (("particles", str(paths["star"])), ("outdir", str(run)), ("epochs", 500), ("zdim", 2),
-                        ("enc_dim", 16), ("dec_dim", 16), ("enc_layers", 1), ("dec_layers", 1), ("batch_size", "32")):
+                        ("enc_dim", 16), ("dec_dim", 16), ("enc_layers", 1), ("dec_layers", 1), ("batch_size", "32"),
+                        ("convergence_embedding", "pca")):
         dock.form.set(dest, value)
     assert dock.start(), notes
     qtbot.waitUntil(lambda: RunDir(run).latest_step("z", "npy") is not None, timeout=60_000)

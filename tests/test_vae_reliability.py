@@ -14,7 +14,8 @@ import torch
 from cryo_napari.cli.main import main as cli
 from cryo_napari.jobs.rundir import RunDir
 
-SMALL = ["--enc-dim", "32", "--dec-dim", "32", "--enc-layers", "2", "--dec-layers", "2", "--zdim", "3", "--seed", "1"]
+SMALL = ["--enc-dim", "32", "--dec-dim", "32", "--enc-layers", "2", "--dec-layers", "2", "--zdim", "3", "--seed", "1",
+         "--convergence-embedding", "pca"]
 N = 120
 
 

@@ -94,7 +94,8 @@ def test_encoder_radius_feeds_the_encoder_only_low_frequencies(dataset, tmp_path
 def test_convergence_runs_every_k_epochs_without_changing_training(dataset, tmp_path):
     paths, ind_file, _ = dataset
     with_check, without = tmp_path / "with", tmp_path / "without"
-    train(paths["star"], with_check, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--convergence-every", "2")
+    train(paths["star"], with_check, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--convergence-every", "2",
+          "--convergence-embedding", "pca")
     train(paths["star"], without, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--convergence-every", "0")
     res = json.loads((with_check / "convergence" / "convergence.json").read_text())
     assert res["epochs"] == [1, 2] and res["reasoning"]
@@ -122,6 +123,35 @@ def test_resume_matches_uninterrupted_run_and_skips_incomplete(dataset, tmp_path
         assert np.allclose(np.load(full / "z.3.npy"), np.load(run / "z.3.npy"), atol=1e-6)
     epochs = [json.loads(line)["epoch"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 2, 3]  # epoch 2 was redone
+
+
+def test_lr_schedule_follows_the_epoch_and_survives_resume(dataset, tmp_path):
+    """cosine:E0 holds lr until epoch E0 then falls to lr/100 at the last epoch; a run resumed without
+    repeating --lr/--lr-schedule continues the same schedule (identical weights to the uninterrupted run)."""
+    import shutil
+
+    from cryo_napari.methods.vae.train import lr_at
+
+    cfg = {"epochs": 4, "lr_schedule": "cosine:2"}
+    assert lr_at(cfg, 1e-3, 1.5) == 1e-3 and lr_at(cfg, 1e-3, 4.0) == pytest.approx(1e-5)
+    assert lr_at(cfg, 1e-3, 3.0) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5)) and lr_at({"epochs": 4}, 2e-3, 3) == 2e-3
+    paths, ind_file, _ = dataset
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(paths["star"], full, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--lr", "3e-3",
+          "--lr-schedule", "cosine:1", "--convergence-every", "0")
+    lrs = [json.loads(line)["lr"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[0] > lrs[1] > lrs[2] > 3e-5
+    shutil.copytree(full, part)
+    for name in ("weights.3.pt", "weights.3.pt.ok", "z.3.npy", "z.3.npy.ok", "final.json"):
+        (part / name).unlink()
+    metrics = (part / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("\n".join(metrics[:2]) + "\n")
+    train(paths["star"], part, "-n", "3", "--ind", str(ind_file), "--zdim", "2", "--load", "latest",
+          "--convergence-every", "0")
+    a, b = (torch.load(r / "weights.3.pt", weights_only=False) for r in (full, part))
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert json.loads((part / "metrics.jsonl").read_text().splitlines()[-1])["lr"] == pytest.approx(lrs[2])
 
 
 def test_eval_vol_writes_maps_with_voxel_size(dataset, tmp_path):
@@ -154,6 +184,7 @@ def test_eval_vol_writes_maps_with_voxel_size(dataset, tmp_path):
     ["train-vae", "{data}/missing.star", "-o", "{tmp}/r"],
     ["train-vae", "{data}/particles.star", "-o", "{tmp}/r", "-D", "15"],
     ["eval-vol", "{tmp}", "--z", "0", "-o", "{tmp}/v"],
+    ["train-vae", "{data}/particles.star", "-o", "{tmp}/r", "--lr-schedule", "cosine:x"],
 ])
 def test_bad_input_exits_2_with_one_line(dataset, tmp_path, argv):
     data_dir = dataset[0]["star"].parent

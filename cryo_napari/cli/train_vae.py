@@ -27,6 +27,10 @@ def add_args(p):
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4·√(batch/8), cryoDRGN's 1e-4 at batch 8)")
     p.add_argument("--wd", type=float, default=0.0, help="weight decay (default 0)")
     p.add_argument("--beta", type=float, help="KL weight (default 1/zdim)")
+    p.add_argument("--lr-schedule",
+                   help="constant (default), cosine (half cosine to lr/100 at the last epoch) or cosine:E0 (constant "
+                        "until epoch E0, then cosine); follows -n; --load keeps the run's schedule and --lr "
+                        "unless given")
     p.add_argument("--beta-schedule", default="constant", help="constant (default) or warmup:E (0→β over E epochs)")
     p.add_argument("--enc-layers", type=int, default=3)
     p.add_argument("--enc-dim", type=int, default=256)
@@ -49,6 +53,8 @@ def add_args(p):
     p.add_argument("--convergence-every", type=int, default=5, metavar="K",
                    help="run the convergence diagnostics (as `cryo-napari convergence`) into RUN/convergence "
                         "every K epochs and log the verdict; 0 = never (default 5)")
+    p.add_argument("--convergence-embedding", choices=("umap", "pca"), default="umap",
+                   help="embedding of those checks (default umap; pca skips UMAP's cost)")
 
 
 def make_job(args):
@@ -57,8 +63,9 @@ def make_job(args):
 
     cfg = {k: getattr(args, k) for k in (
         "particles", "poses", "ctf", "datadir", "ind", "outdir", "epochs", "zdim", "D", "lazy", "uninvert", "load",
-        "batch_size", "lr", "wd", "beta", "beta_schedule", "enc_layers", "enc_dim", "dec_layers", "dec_dim",
-        "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device", "convergence_every", "enc_radius")}
+        "batch_size", "lr", "wd", "beta", "beta_schedule", "lr_schedule", "enc_layers", "enc_dim", "dec_layers", "dec_dim",
+        "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device", "convergence_every", "convergence_embedding",
+        "enc_radius")}
     cfg["use_ctf"] = not args.no_ctf
     return train_vae_job(cfg)
 

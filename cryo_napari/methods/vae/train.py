@@ -30,8 +30,10 @@ from cryo_napari.methods.vae.model import VAE, build_vae, flops_per_image, kl_di
 DEFAULTS = dict(
     particles=None, poses=None, ctf=None, datadir=None, ind=None, outdir=None, epochs=20, zdim=8, D=None,
     lazy=False, uninvert=False, load=None, batch_size=None, lr=None, wd=0.0, beta=None, beta_schedule="constant",
+    lr_schedule=None,
     enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, pe_type="gaussian", pe_dim=None, feat_sigma=0.5,
     repr="fourier", march=0, seed=0, amp=None, device=None, use_ctf=True, convergence_every=5, enc_radius=None,
+    convergence_embedding="umap",
 )
 KIND = "train-vae"
 
@@ -56,6 +58,31 @@ def beta_at(cfg: dict, epoch_float: float) -> float:
         e = float(sched.split(":", 1)[1])
         return beta * min(1.0, epoch_float / e) if e > 0 else beta
     raise InputError(None, f"unknown --beta-schedule {sched!r} (constant, warmup:E)")
+
+
+def lr_at(cfg: dict, lr: float, epoch_float: float) -> float:
+    """Learning rate at a (fractional, 0-based) epoch of a run of ``cfg["epochs"]`` epochs.
+
+    ``constant`` keeps ``lr``; ``cosine:E0`` keeps ``lr`` until epoch E0 and then follows a half cosine down to
+    ``lr / 100`` at the last epoch (``cosine`` = ``cosine:0``). A function of the epoch only, so a resumed run
+    (``--load latest``, possibly with a larger ``-n``) continues the schedule of its new length.
+    """
+    sched = str(cfg.get("lr_schedule") or "constant")
+    if sched == "constant":
+        return lr
+    if sched == "cosine" or sched.startswith("cosine:"):
+        try:
+            e0 = float(sched.split(":", 1)[1]) if ":" in sched else 0.0
+        except ValueError:
+            e0 = -1.0
+        if e0 < 0:
+            raise InputError(None, f"--lr-schedule {sched!r}: cosine:E0 needs a start epoch E0 ≥ 0")
+        span = cfg["epochs"] - e0
+        if epoch_float <= e0 or span <= 0:
+            return lr
+        t = min(1.0, (epoch_float - e0) / span)
+        return lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t)))
+    raise InputError(None, f"unknown --lr-schedule {sched!r} (constant, cosine, cosine:E0)")
 
 
 def march_radius(cfg: dict, epoch: int, D: int) -> float:
@@ -202,7 +229,9 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         cfg["batch_size"] = default_batch_size(device)
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["zdim"] < 1:
         raise InputError(None, "epochs, batch size and zdim must be ≥ 1")
-    beta_at(cfg, 0.0)  # validates the schedule
+    beta_at(cfg, 0.0)  # validates the schedules before the data are read
+    if cfg.get("lr_schedule"):
+        lr_at(cfg, 1.0, 0.0)
     rd = RunDir(cfg["outdir"]).create()
     ckpt_path = _checkpoint_to_load(rd, cfg["load"])
     if ckpt_path is None and not cfg["load"] and rd.complete_steps("weights", "pt"):
@@ -235,6 +264,12 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         except (RuntimeError, KeyError, EOFError, OSError) as exc:
             raise InputError(ckpt_path, f"cannot resume from this checkpoint ({str(exc).splitlines()[0][:120]})") from None
         start = int(ck["epoch"])
+        # a resumed run keeps its learning rate and schedule unless new ones are given (older checkpoints hold
+        # only the optimizer's lr, which was constant then)
+        if cfg["lr"] is None:
+            lr = float(ck.get("lr", opt.param_groups[0]["lr"]))
+        if cfg.get("lr_schedule") is None:
+            cfg["lr_schedule"] = ck.get("lr_schedule", "constant")
         torch.set_rng_state(ck["torch_rng"])
         if "cuda_rng" in ck and device.type == "cuda":
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
@@ -242,6 +277,7 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         yield Log("info", f"resuming from {ckpt_path.name} (epoch {start})")
     elif cfg["load"] == "latest":
         yield Log("info", "no complete checkpoint in the run directory; starting from scratch")
+    cfg["lr_schedule"] = cfg.get("lr_schedule") or "constant"
     if cfg["load"] and lead:
         cleaned = _clean_after_kill(rd)
         if cleaned:
@@ -271,7 +307,8 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         yield Log("info", f"already trained for {start} epochs (asked for {E})")
         return {"run": rd.path, "epochs": start}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else _null()
-    yield Log("info", f"{n} particles, box {data.D}, {len(lat)} half-lattice points, batch {B}, lr {lr:.2g}, "
+    yield Log("info", f"{n} particles, box {data.D}, {len(lat)} half-lattice points, batch {B}, lr {lr:.2g} "
+                      f"({cfg['lr_schedule']}), "
                       f"{device}{' AMP' if amp else ''}{f', {world} processes' if world > 1 else ''}")
     stepper = dist_.wrap(model, cfg["repr"], world, device)
     last = {}
@@ -286,6 +323,9 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         for s, batch in enumerate(data.iter_batches(order, B)):
             b = _to(batch, device)
             beta = beta_at(cfg, epoch + s / steps_per_epoch)
+            lr_now = lr_at(cfg, lr, epoch + s / steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
             with autocast:
                 mse, kl, mu = stepper(b["y"], b["ctf"], b["rot"], m)
             loss = mse + beta * kl / (2 * m - 1)
@@ -306,14 +346,15 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         dt = time.perf_counter() - t0
         n_seen = sums[3]
         last = {"epoch": epoch + 1, "loss": sums[0] / n_seen, "mse": sums[1] / n_seen, "kl": sums[2] / n_seen, "beta": beta,
-                "time_s": dt, "images_per_s": n / dt, "lattice_points": 2 * m - 1,
+                "lr": lr_now, "time_s": dt, "images_per_s": n / dt, "lattice_points": 2 * m - 1,
                 "gflops_per_s": 3 * flops_per_image(model.arch, m if cfg["repr"] == "fourier" else 2 * m - 1) * n / dt / 1e9}
         wpath = rd.path / f"weights.{epoch + 1}.pt"
         zpath = rd.path / f"z.{epoch + 1}.npy"
         if not lead:
             dist_.barrier()  # rank 0 writes the epoch
             continue
-        save_checkpoint(wpath, model, opt, epoch + 1, np_rng, {"norm": data.norm})
+        save_checkpoint(wpath, model, opt, epoch + 1, np_rng, {"norm": data.norm, "lr": lr,
+                                                                  "lr_schedule": cfg["lr_schedule"]})
         rd.mark_complete(wpath, epoch + 1)
         save_npy_atomic(zpath, z_mu)
         rd.mark_complete(zpath, epoch + 1)
@@ -328,13 +369,13 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
                           f"{dt:.1f} s, {last['images_per_s']:.0f} images/s")
         every = int(cfg.get("convergence_every") or 0)
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 >= 2:
-            yield from _convergence_check(rd.path, every)
+            yield from _convergence_check(rd.path, every, cfg.get("convergence_embedding") or "umap")
     if lead:
         rd.write_final(E, weights=f"weights.{E}.pt", z=f"z.{E}.npy")
     return {"run": rd.path, "epochs": E, **last}
 
 
-def _convergence_check(run_path, every: int):
+def _convergence_check(run_path, every: int, embedding: str):
     """Convergence diagnostics (``cryo-napari convergence``) on the epochs written so far, into
     RUN/convergence; its verdict is logged. A failure here is logged and never stops training.
     Runs under a forked torch RNG (loading models draws initial weights), so training after a
@@ -344,7 +385,7 @@ def _convergence_check(run_path, every: int):
     artifacts = []
     try:
         with torch.random.fork_rng(devices=[]):
-            res = run_to_end(convergence_job(run_path, every=every),
+            res = run_to_end(convergence_job(run_path, every=every, embedding=embedding),
                              lambda ev: artifacts.append(ev) if isinstance(ev, Artifact) else None)
     except Exception as exc:  # diagnostics must not end a training run
         yield Log("warning", f"convergence check failed: {exc}")
