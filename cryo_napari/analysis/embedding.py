@@ -57,7 +57,7 @@ def run_umap(z, max_fit: int = 100_000, n_neighbors: int = 15, min_dist: float =
     n = len(z)
     t0 = time.time()
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, max(2, n - 1)), min_dist=min_dist,
-                        random_state=seed, low_memory=True)
+                        random_state=seed, low_memory=True, n_jobs=1)  # a seed forces 1 job anyway
     if n > max_fit:
         rng = np.random.default_rng(seed)
         sub = np.sort(rng.choice(n, max_fit, replace=False))
