@@ -121,6 +121,7 @@ def test_convergence_cli(tmp_path):
     one = tmp_path / "one"
     assert cli(["train-vae", str(paths["star"]), "-o", str(one), "-n", "1", "--enc-dim", "16", "--dec-dim", "16"]) == 0
     assert cli(["convergence", str(one)]) == 2
+    assert cli(["convergence", str(run), "--every", "0"]) == 2
 
 
 @pytest.mark.slow

@@ -133,6 +133,8 @@ def convergence_job(run_dir, every: int = 5, n_markers: int = 10, D: int | None 
 
     if embedding not in ("umap", "pca"):
         raise InputError(None, f"unknown embedding {embedding!r} (umap, pca)")
+    if every < 1 or n_markers < 1 or subset < 2:
+        raise InputError(None, "--every and --markers must be ≥ 1 and --subset ≥ 2")
     rd = RunDir(run_dir)
     rd.read_config()
     epochs = [e for e in rd.complete_steps("weights", "pt") if e in set(rd.complete_steps("z", "npy"))]
