@@ -110,6 +110,14 @@ def quality(args):
     D = args.D[0]
     data_dir = build_dataset(args.kind, D, args.n, args.snr, args.map, out)
     run = out / f"run_{args.tag}"
+    if args.ceiling_only:
+        from ceiling import ceiling_ari, ceiling_rho
+
+        gt = np.load(data_dir / "ground_truth.npz")
+        f = ceiling_ari if args.kind == "discrete" else ceiling_rho
+        print(json.dumps({"ceiling": f(data_dir / "particles.star", gt["maps"], gt["states"], 2 * 3.0 * 64 / D,
+                                       args.ceiling or 1000)}), flush=True)
+        return
     cfg = dict(particles=data_dir / "particles.star", outdir=run, epochs=args.epochs, seed=0, repr=args.repr,
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
                beta_schedule=args.beta_schedule, lr_schedule=args.lr_schedule, enc_layers=args.layers,
@@ -205,6 +213,7 @@ def main():
     p.add_argument("--enc-radius", type=float, help="train-vae --enc-radius (encoder low-pass, cycles/box)")
     p.add_argument("--ceiling", type=int, default=0, metavar="N",
                    help="also the Bayes ceiling (ARI or |rho| from the true maps) on the first N particles")
+    p.add_argument("--ceiling-only", action="store_true", help="build the dataset, print its ceiling, stop")
     p.add_argument("--n-fsc", type=int, default=100, help="particles for the per-image FSC AUC")
     p.add_argument("--out", default="/tmp/vae_bench")
     p.add_argument("--tag", default="default")
