@@ -59,7 +59,7 @@ def test_form_of_train_vae_keeps_floats_and_tristate():
 
 def test_every_dock_builds(qtbot):
     for make in (_jobs.backproject_dock, _jobs.train_vae_dock, _jobs.class3d_dock, _jobs.flex_dock,
-                 _jobs.analyze_dock):
+                 _jobs.analyze_dock, _jobs.convergence_dock):
         dock = make(None)
         qtbot.addWidget(dock)
         if not dock.available:
@@ -182,3 +182,26 @@ def test_map_artifact_opens_layer(qtbot, tmp_path, notes):
     dock.start_job(job())
     qtbot.waitUntil(lambda: not dock.running, timeout=10_000)
     assert "map" in viewer.layers and viewer.layers["map"].data.shape == (4, 4, 4)
+
+
+def test_convergence_dock_plots_shifts_and_marker_map_agreement(qtbot, tmp_path, notes):
+    from cryo_napari.cli.main import main as cli
+    from cryo_napari.jobs.protocol import Metric
+    from cryo_napari.simulate.heterogeneity import synthetic_map
+    from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
+
+    paths = simulate_dataset(synthetic_map(16, seed=3), tmp_path / "data",
+                             SimulationParams(n_particles=100, snr=1.0, apix=6.0, seed=5))
+    run = tmp_path / "run"
+    assert cli(["train-vae", str(paths["star"]), "-o", str(run), "-n", "2", "--enc-dim", "16", "--dec-dim", "16",
+                "--zdim", "2"]) == 0
+    dock = _jobs.convergence_dock(None)
+    qtbot.addWidget(dock)
+    for dest, value in (("run", str(run)), ("every", 1), ("embedding", "pca"), ("markers", 3)):
+        dock.form.set(dest, value)
+    assert dock.start()
+    qtbot.waitUntil(lambda: not dock.running, timeout=60_000)
+    assert dock.error is None, notes
+    assert dock.result["evaluated_epochs"] == [1, 2] and (run / "convergence" / "sketch.png").exists()
+    names = {e.name for e in dock.events if isinstance(e, Metric)}
+    assert names == {"median_relative_latent_shift", "marker_map_cc"}

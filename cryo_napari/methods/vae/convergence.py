@@ -34,7 +34,7 @@ import numpy as np
 
 from cryo_napari.errors import InputError
 from cryo_napari.jobs.atomic import atomic_path, save_npy_atomic, write_text_atomic
-from cryo_napari.jobs.protocol import Artifact, Job, Log, Progress
+from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress
 from cryo_napari.jobs.rundir import RunDir
 
 
@@ -154,6 +154,7 @@ def convergence_job(run_dir, every: int = 5, n_markers: int = 10, D: int | None 
         s = latent_shift_stats(prev, cur, before if before is not None and epochs[i - 1] - 1 in epochs else None)
         shifts[e] = s["median_relative_shift"]
         shift_rows.append({"epoch": e, **s})
+        yield Metric("median_relative_latent_shift", s["median_relative_shift"], e)
         before, prev = prev, cur
         yield Progress(i, len(epochs), "latent shifts")
 
@@ -190,6 +191,7 @@ def convergence_job(run_dir, every: int = 5, n_markers: int = 10, D: int | None 
                    "cc_per_marker": [a["cc"] for a in ag]}
             map_rows.append(row)
             map_cc[e] = row["cc"]
+            yield Metric("marker_map_cc", row["cc"], e)
         maps_prev = maps
         yield Progress(j + 1, len(evals), "marker maps")
 
