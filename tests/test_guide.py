@@ -1,27 +1,24 @@
-"""Every command block of docs/guide.md marked ``<!-- guide: run -->`` runs, in order, as written.
+"""Every command block of docs/guide.md marked ``<!-- guide: run -->`` runs, in order, as written,
+and the guide's pictures (``docs/make_guide_figures.py``) come from files those commands write.
 
-The blocks are executed with bash in one scratch directory (later steps use earlier outputs).
-Each command goes through the installed ``cryo-napari`` entry point when it is on PATH, else
-``python -m cryo_napari.cli.main``.
+The blocks are executed with bash in one scratch directory (later steps use earlier outputs), by
+``docs/guide_run.py``; each command goes through the installed ``cryo-napari`` entry point when it
+is on PATH, else ``python -m cryo_napari.cli.main``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+sys.path.insert(0, str(DOCS))
 
-
-def guide_blocks(text: str) -> list[str]:
-    """The bash blocks that follow a ``<!-- guide: run -->`` marker, in document order."""
-    return re.findall(r"<!-- guide: run -->\s*```bash\n(.*?)```", text, flags=re.S)
+from guide_run import GUIDE, guide_blocks, run_guide  # noqa: E402
+from make_guide_figures import FIGURES, make_figures  # noqa: E402
 
 
 def test_guide_has_runnable_blocks():
@@ -30,17 +27,18 @@ def test_guide_has_runnable_blocks():
     assert all("cryo-napari" in b for b in blocks)
 
 
+def test_every_guide_picture_is_made_by_the_figure_script_and_committed():
+    shown = re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", GUIDE.read_text())
+    guide_figs = {Path(p).name for p in shown if p.startswith("img/guide/")}
+    assert guide_figs == set(FIGURES), "docs/guide.md and make_guide_figures.FIGURES disagree"
+    for p in shown:
+        assert (DOCS / p).is_file(), f"docs/guide.md shows {p}, which is not in docs/"
+
+
 @pytest.mark.slow
-def test_guide_commands_run(tmp_path):
-    blocks = guide_blocks(GUIDE.read_text())
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), MPLBACKEND="Agg")
-    prefix = "cryo-napari" if shutil.which("cryo-napari") else f"{sys.executable} -m cryo_napari.cli.main"
-    for i, block in enumerate(blocks):
-        for line in block.strip().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            cmd = prefix + line[len("cryo-napari"):] if line.startswith("cryo-napari") else line
-            r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=600)
-            assert r.returncode == 0, f"guide block {i + 1}: {line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+def test_guide_commands_run_and_write_the_pictures_sources(tmp_path):
+    (tmp_path / "work").mkdir()
+    for block, line, r in run_guide(tmp_path / "work"):
+        assert r.returncode == 0, f"guide block {block}: {line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    made = make_figures(tmp_path / "work", tmp_path / "figs")
+    assert {p.name for p in made} == set(FIGURES) and all(p.stat().st_size > 1000 for p in made)
