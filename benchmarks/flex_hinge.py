@@ -49,6 +49,8 @@ def main(argv=None):
     ap.add_argument("--ceiling", type=int, default=0, metavar="N",
                     help="also the Bayes ceiling of |rho| from the true maps on the first N particles")
     ap.add_argument("--ceiling-only", action="store_true", help="simulate, compute the ceiling, stop")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the simulated particles and of 'flex train' (default: particles 1, train's own)")
     ap.add_argument("--train-args", default="", help="extra 'flex train' arguments, e.g. '--noise 0.1'")
     a = ap.parse_args(argv)
 
@@ -70,7 +72,8 @@ def main(argv=None):
 
         vol = fourier_crop_3d(torch.as_tensor(read_mrc(a.map)[0]), a.D).numpy()
     maps, angles, dmask = domain_motion_series(vol, 20, a.angle)
-    paths = simulate_dataset(maps, out / "sim", SimulationParams(n_particles=a.n, snr=a.snr, apix=a.apix, seed=1),
+    paths = simulate_dataset(maps, out / "sim", SimulationParams(n_particles=a.n, snr=a.snr, apix=a.apix,
+                                                                           seed=1 if a.seed is None else a.seed),
                              extra_truth={"trajectory_angle_deg": angles})
     write_mrc(out / "consensus.mrc", maps.mean(0), a.apix)
     times["simulate"] = time.time() - t
@@ -99,7 +102,8 @@ def main(argv=None):
         mesh_args += ["--segments", str(out / "segments.mrc"), "--fuse", "0>1"]
     step("mesh", mesh_args)
     step("train", ["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(out / "run"),
-                   "-K", str(a.K), "--epochs", str(a.epochs), *a.train_args.split()])
+                   "-K", str(a.K), "--epochs", str(a.epochs), *a.train_args.split(),
+                   *(["--seed", str(a.seed)] if a.seed is not None else [])])
     step("generate", ["flex", "generate", str(out / "run"), "-o", str(out / "gen"), "--frames", "11"])
     rec = ["flex", "reconstruct", str(out / "run"), "--prep", str(out / "prep"), "-o", str(out / "recon"),
            "--iters", str(a.iters)]
