@@ -164,7 +164,7 @@ def solvent_mask(vol: np.ndarray, apix: float, threshold_frac: float = 0.15, low
 
     from cryo_napari.geometry.fourier import lowpass_3d
 
-    lp = lowpass_3d(torch.as_tensor(np.asarray(vol, np.float32)), lowpass_A, apix).numpy()
+    lp = lowpass_3d(torch.from_numpy(np.array(vol, np.float32)), lowpass_A, apix).numpy()
     binary = lp > threshold_frac * lp.max()
     if not binary.any():
         raise ValueError("the map is empty: no voxel above the mask threshold")
