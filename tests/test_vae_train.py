@@ -35,8 +35,9 @@ def train(star, run, *extra):
 def test_train_writes_complete_epochs_in_input_order(dataset, tmp_path):
     paths, ind_file, ind = dataset
     run = tmp_path / "run"
-    # a tiny learning rate keeps the model ~fixed within an epoch, so z rows can be checked
-    train(paths["star"], run, "-n", "2", "--ind", str(ind_file), "--zdim", "4", "--lr", "1e-12")
+    # z.N.npy is the end-of-epoch encoder's output for every particle (cryoDRGN's eval_z), so it
+    # equals the saved model's encoding even when the model moves a lot within the epoch
+    train(paths["star"], run, "-n", "2", "--ind", str(ind_file), "--zdim", "4", "--lr", "3e-3")
     for e in (1, 2):
         for name in (f"weights.{e}.pt", f"z.{e}.npy"):
             assert (run / name).exists() and (run / f"{name}.ok").exists()

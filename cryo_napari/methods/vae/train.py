@@ -24,7 +24,8 @@ from cryo_napari.jobs.atomic import atomic_path, save_npy_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress, run_to_end
 from cryo_napari.jobs.rundir import RunDir
 from cryo_napari.methods.vae import distributed as dist_
-from cryo_napari.methods.vae.data import VAEData, encoder_input, encoder_points, encoder_width, hartley_full
+from cryo_napari.methods.vae.data import VAEData, encoder_width, hartley_full
+from cryo_napari.methods.vae.encode import encode_all, encode_images
 from cryo_napari.methods.vae.model import VAE, build_vae, flops_per_image, kl_divergence, reparameterize
 
 DEFAULTS = dict(
@@ -126,9 +127,7 @@ def slice_loss(model: VAE, y: torch.Tensor, ctf: torch.Tensor | None, rot: torch
 
 def step_loss(model: VAE, batch: dict, m: int, repr: str, z_sample: bool = True):
     """Loss terms of one batch: (mse per full-lattice point and image, KL per image, mu)."""
-    me = encoder_points(model.arch["enc_in"], repr)
-    ctf = batch["ctf"]
-    mu, logvar = model.encode(encoder_input(batch["y"][:, :me], None if ctf is None else ctf[:, :me], repr))
+    mu, logvar = encode_images(model, batch["y"], batch["ctf"], repr)
     z = reparameterize(mu, logvar) if z_sample else mu
     mse = slice_loss(model, batch["y"], batch["ctf"], batch["rot"], z, m, repr)
     return mse, kl_divergence(mu.float(), logvar.float()), mu
@@ -316,8 +315,6 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         model.train()
         t0 = time.perf_counter()
         m = lat.count_within(march_radius(cfg, epoch, data.D))
-        z_mu = np.zeros((n, cfg["zdim"]), dtype=np.float32)
-        z_count = np.zeros(n, dtype=np.float32)
         order = dist_.shard(np_rng.permutation(n), rank, world)
         sums = np.zeros(4)
         for s, batch in enumerate(data.iter_batches(order, B)):
@@ -327,22 +324,27 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
             for group in opt.param_groups:
                 group["lr"] = lr_now
             with autocast:
-                mse, kl, mu = stepper(b["y"], b["ctf"], b["rot"], m)
+                mse, kl, _ = stepper(b["y"], b["ctf"], b["rot"], m)
             loss = mse + beta * kl / (2 * m - 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            z_mu[batch["ind"]] += mu.detach().float().cpu().numpy()  # a padded shard may repeat a particle
-            z_count[batch["ind"]] += 1
             nb = len(batch["ind"])
             sums += np.array([loss.item() * nb, mse.item() * nb, kl.item() * nb, nb])
             step = epoch * steps_per_epoch + s + 1
             yield Metric("loss", float(loss.item()), step)
             yield Progress(step, total, f"epoch {epoch + 1}/{E} loss {sums[0] / max(1, (s * B + nb)):.4g}")
+        # latents of this epoch: every particle through the end-of-epoch encoder (not the means seen
+        # during the epoch, which come from as many encoders as there were steps)
+        z_mu = np.zeros((n, cfg["zdim"]), dtype=np.float32)
+        z_count = np.zeros(n, dtype=np.float32)
+        z_part, z_ind = encode_all(model, data, np.unique(order), cfg["repr"], device, autocast, max(B, 256))
+        z_mu[z_ind] = z_part
+        z_count[z_ind] = 1
         if world > 1:
             z_mu, z_count = dist_.all_sum(z_mu, device), dist_.all_sum(z_count, device)
             sums = dist_.all_sum(sums, device)
-        z_mu = (z_mu / np.maximum(z_count, 1)[:, None]).astype(np.float32)
+        z_mu = (z_mu / np.maximum(z_count, 1)[:, None]).astype(np.float32)  # shards may overlap when padded
         dt = time.perf_counter() - t0
         n_seen = sums[3]
         last = {"epoch": epoch + 1, "loss": sums[0] / n_seen, "mse": sums[1] / n_seen, "kl": sums[2] / n_seen, "beta": beta,
