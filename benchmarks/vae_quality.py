@@ -100,6 +100,19 @@ def build_dataset(kind: str, D: int, n: int, snr: float, map_path: str, out: Pat
     return data_dir
 
 
+def dataset_ceiling(kind: str, data_dir: Path, D: int, n: int) -> dict:
+    """Bayes ceiling (ARI or |rho| from the true maps, ``benchmarks/ceiling.py``) on the first ``n``
+    particles of a ``build_dataset`` folder; printed as a JSON line and returned."""
+    from ceiling import ceiling_ari, ceiling_rho
+
+    gt = np.load(data_dir / "ground_truth.npz")
+    f = ceiling_ari if kind == "discrete" else ceiling_rho
+    apix = 3.0 * 64 / D  # as build_dataset
+    ceiling = f(data_dir / "particles.star", gt["maps"], gt["states"], 2 * apix, n)
+    print(json.dumps({"ceiling": ceiling}), flush=True)
+    return ceiling
+
+
 def quality(args):
     from cryo_napari.geometry.fsc import fsc, fsc_auc
     from cryo_napari.jobs.protocol import Log, run_to_end
@@ -111,12 +124,7 @@ def quality(args):
     data_dir = build_dataset(args.kind, D, args.n, args.snr, args.map, out)
     run = out / f"run_{args.tag}"
     if args.ceiling_only:
-        from ceiling import ceiling_ari, ceiling_rho
-
-        gt = np.load(data_dir / "ground_truth.npz")
-        f = ceiling_ari if args.kind == "discrete" else ceiling_rho
-        print(json.dumps({"ceiling": f(data_dir / "particles.star", gt["maps"], gt["states"], 2 * 3.0 * 64 / D,
-                                       args.ceiling or 1000)}), flush=True)
+        dataset_ceiling(args.kind, data_dir, D, args.ceiling or 1000)
         return
     cfg = dict(particles=data_dir / "particles.star", outdir=run, epochs=args.epochs, seed=0, repr=args.repr,
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
@@ -141,14 +149,7 @@ def quality(args):
     bp_auc = [fsc_auc(fsc(bp_map, gt["maps"][gt["states"][i]])) for i in sel]
     print(json.dumps({"mean_map_fsc_auc": float(np.mean(base)), "backprojection_fsc_auc": float(np.mean(bp_auc))}),
           flush=True)
-    ceiling = None
-    if args.ceiling:
-        from ceiling import ceiling_ari, ceiling_rho
-
-        apix = 3.0 * 64 / D  # as build_dataset
-        f = ceiling_ari if args.kind == "discrete" else ceiling_rho
-        ceiling = f(data_dir / "particles.star", gt["maps"], gt["states"], 2 * apix, args.ceiling)
-        print(json.dumps({"ceiling": ceiling}), flush=True)
+    ceiling = dataset_ceiling(args.kind, data_dir, D, args.ceiling) if args.ceiling else None
     per_epoch = []
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     for e in args.eval_epochs or [args.epochs]:

@@ -151,7 +151,7 @@ def convergence_job(run_dir, every: int = 5, n_markers: int = 10, D: int | None 
     before, prev = None, np.load(rd.path / f"z.{epochs[0]}.npy")
     for i, e in enumerate(epochs[1:], 1):
         cur = np.load(rd.path / f"z.{e}.npy")
-        s = latent_shift_stats(prev, cur, before if before is not None and epochs[i - 1] - 1 in epochs else None)
+        s = latent_shift_stats(prev, cur, before)
         shifts[e] = s["median_relative_shift"]
         shift_rows.append({"epoch": e, **s})
         yield Metric("median_relative_latent_shift", s["median_relative_shift"], e)
