@@ -6,7 +6,8 @@ Speed (training step throughput, 1 thread, random data, nothing else):
     OMP_NUM_THREADS=1 python benchmarks/vae_quality.py speed --D 64 --batch 16 --profile 15   # where time goes
 
 Quality, SNR 0.1, on a discrete dataset (``--kind discrete``: 3 states, full / domain swung /
-domain removed) or a continuous one (``--kind continuous``: a domain swung 0–15° over 20 frames):
+domain removed) or a continuous one (``--kind continuous``: a domain swung 0–15° over 20 frames;
+``--angle`` sets the largest swing):
 
     OMP_NUM_THREADS=1 python benchmarks/vae_quality.py quality --kind discrete --D 32 -n 3000 --epochs 20 --out /tmp/vae_bench
 
@@ -76,14 +77,16 @@ def speed(args):
     return rows
 
 
-def build_dataset(kind: str, D: int, n: int, snr: float, map_path: str, out: Path) -> Path:
+def build_dataset(kind: str, D: int, n: int, snr: float, map_path: str, out: Path, angle: float = 15.0) -> Path:
     """Simulate (once; reused when present) the discrete or continuous benchmark dataset of
-    ``n`` particles at box ``D`` and ``snr`` from the synthetic map or an .mrc map; returns its folder."""
+    ``n`` particles at box ``D`` and ``snr`` from the synthetic map or an .mrc map; returns its folder.
+    ``angle`` (degrees) is the continuous set's largest swing (20 frames from 0 to ``angle``)."""
     from cryo_napari.geometry.fourier import fourier_crop_3d
     from cryo_napari.simulate.heterogeneity import discrete_states, domain_motion_series, synthetic_map
     from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
 
-    data_dir = Path(out) / f"data_{kind}_D{D}_n{n}_snr{snr:g}_{Path(map_path).stem}"
+    swing = f"_a{angle:g}" if kind == "continuous" and angle != 15.0 else ""
+    data_dir = Path(out) / f"data_{kind}{swing}_D{D}_n{n}_snr{snr:g}_{Path(map_path).stem}"
     if not (data_dir / "ground_truth.npz").exists():
         if map_path == "synthetic":
             vol = synthetic_map(D, seed=3)
@@ -95,7 +98,7 @@ def build_dataset(kind: str, D: int, n: int, snr: float, map_path: str, out: Pat
         if kind == "discrete":
             maps, _, _ = discrete_states(vol)
         else:
-            maps, _, _ = domain_motion_series(vol, 20, 15.0)
+            maps, _, _ = domain_motion_series(vol, 20, angle)
         simulate_dataset(maps, data_dir, SimulationParams(n_particles=n, snr=snr, apix=3.0 * 64 / D, seed=1))
     return data_dir
 
@@ -121,7 +124,7 @@ def quality(args):
 
     out = Path(args.out)
     D = args.D[0]
-    data_dir = build_dataset(args.kind, D, args.n, args.snr, args.map, out)
+    data_dir = build_dataset(args.kind, D, args.n, args.snr, args.map, out, args.angle)
     run = out / f"run_{args.tag}"
     if args.ceiling_only:
         dataset_ceiling(args.kind, data_dir, D, args.ceiling or 1000)
@@ -161,7 +164,7 @@ def quality(args):
         per_epoch.append(dict(epoch=e, **scores, fsc_auc_mean=float(np.mean(aucs)), fsc_auc_min=float(np.min(aucs)),
                               train_time_s=t_e))
         print(json.dumps(per_epoch[-1]), flush=True)
-    row = dict(tag=args.tag, kind=args.kind, D=D, n=args.n, snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
+    row = dict(tag=args.tag, kind=args.kind, angle=args.angle if args.kind == "continuous" else None, D=D, n=args.n, snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
                lr=args.lr or default_lr(args.batch[0]), march=args.march, lr_schedule=args.lr_schedule,
                enc_radius=args.enc_radius, arch=f"{args.dim}x{args.layers}",
                epochs=args.epochs, wall_s=wall, images_per_s=float(np.mean([m["images_per_s"] for m in metrics])),
@@ -199,6 +202,7 @@ def main():
     p.add_argument("--images", type=int, default=512, help="images per speed measurement")
     p.add_argument("-n", type=int, default=3000)
     p.add_argument("--kind", choices=["discrete", "continuous"], default="discrete")
+    p.add_argument("--angle", type=float, default=15.0, help="continuous: largest domain swing, degrees (20 frames from 0)")
     p.add_argument("--layers", type=int, default=3, help="encoder/decoder hidden layers (quality)")
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--map", default="synthetic", help="'synthetic' or an .mrc map (Fourier-cropped to D)")
