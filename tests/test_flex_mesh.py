@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cryo_napari.errors import InputError
-from cryo_napari.methods.flex.mesh import TetraMesh, make_tetramesh, parse_fuse, voxel_barycentrics
+from cryo_napari.methods.flex.mesh import TetraMesh, make_tetramesh, parse_fuse
+from cryo_napari.methods.flex.mesh_voxels import voxel_barycentrics
 from cryo_napari.methods.flex.model import flow_from_displacements
 from cryo_napari.simulate.heterogeneity import synthetic_map
 

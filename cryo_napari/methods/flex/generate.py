@@ -23,7 +23,8 @@ from cryo_napari.errors import InputError
 from cryo_napari.io.mrc import read_mrc, write_mrc
 from cryo_napari.jobs.atomic import save_npy_atomic, write_text_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Progress
-from cryo_napari.methods.flex.mesh import TetraMesh, voxel_barycentrics
+from cryo_napari.methods.flex.mesh import TetraMesh
+from cryo_napari.methods.flex.mesh_voxels import voxel_barycentrics
 from cryo_napari.methods.flex.model import FlexModel, convect, flow_from_displacements
 
 

@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from cryo_napari.errors import InputError
 from cryo_napari.jobs.atomic import atomic_path
+from cryo_napari.methods.flex.mesh_files import write_ply_surface, write_vtk_tetra
 
 #: the 6 Freudenthal tetrahedra of a unit cube: axis orders (x=0, y=1, z=2)
 _PERMS = list(permutations(range(3)))
@@ -140,10 +141,10 @@ class TetraMesh:
         path = Path(path)
         with atomic_path(path) as tmp:
             if path.suffix.lower() == ".vtk":
-                _write_vtk(tmp, self)
+                write_vtk_tetra(tmp, self.points, self.cells, self.cell_segment, self.rweights)
             else:
                 v, f, vals = self.surface_for_napari()
-                _write_ply(tmp, v[:, ::-1], f, vals)
+                write_ply_surface(tmp, v[:, ::-1], f, vals)
         return path
 
 
@@ -376,73 +377,3 @@ def make_tetramesh(vol, apix: float, mask=None, cells: int = 20, segments=None, 
     for r in rigid:
         rw[tet_seg == r] = 20.0
     return TetraMesh(points, cells_arr, rw, tet_seg, tmap, mask_b, soft, N, float(apix), edges)
-
-
-def box_to_mesh_position(x: np.ndarray, D: int, N: int) -> np.ndarray:
-    """Positions ``x`` in voxels of box D → the same physical positions in voxels of the mesh box N
-    (both boxes centred on voxel ``D // 2`` / ``N // 2``)."""
-    return x if D == N else (np.asarray(x, np.float64) - D // 2) * (N / D) + N // 2
-
-
-def nearest_mesh_voxel(x: np.ndarray, D: int, N: int) -> np.ndarray:
-    """Index (int64, clipped to 0 … N−1) of the mesh-box voxel nearest to box-D positions ``x``."""
-    return np.clip(np.rint(box_to_mesh_position(x, D, N)).astype(np.int64), 0, N - 1)
-
-
-def voxel_barycentrics(mesh: TetraMesh, D: int | None = None):
-    """Tetra and barycentric coordinates of the masked voxels of a box ``D`` (default the mesh box).
-
-    For ``D != N`` a voxel at ``x`` (box D) sits at ``(x − D/2)·N/D + N/2`` in the mesh box and
-    uses the tetra of the nearest mesh voxel (barycentrics may then be slightly negative, i.e. a
-    linear extrapolation across a cell face).
-
-    Returns
-    -------
-    flat_index : (M,) int64 voxel indices into a flattened (D, D, D) [z, y, x] volume.
-    cell : (M,) int64 cell of each voxel.
-    bary : (M, 4) float64, summing to 1; ``bary @ points[cells[cell]]`` is the voxel position
-        in mesh units.
-    """
-    N = mesh.N
-    D = N if D is None else int(D)
-    k = np.arange(D)
-    zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
-    pos = np.stack([xx, yy, zz], -1).reshape(-1, 3).astype(np.float64)
-    pos = box_to_mesh_position(pos, D, N)
-    near = nearest_mesh_voxel(pos, N, N)
-    cell = mesh.tetraidx_map[near[:, 2], near[:, 1], near[:, 0]].astype(np.int64)
-    inside = np.nonzero(cell >= 0)[0]
-    cell = cell[inside]
-    P = mesh.points[mesh.cells[cell]]  # (M, 4, 3)
-    Tm = (P[:, :3] - P[:, 3:4]).transpose(0, 2, 1)  # (M, 3, 3) columns p_i − p_3
-    lam = np.linalg.solve(Tm, (pos[inside] - P[:, 3])[..., None])[..., 0]
-    bary = np.concatenate([lam, 1 - lam.sum(1, keepdims=True)], 1)
-    return inside.astype(np.int64), cell, bary
-
-
-def _write_ply(path, vertices_xyz, faces, values):
-    with open(path, "w") as f:
-        f.write("ply\nformat ascii 1.0\n")
-        f.write(f"element vertex {len(vertices_xyz)}\nproperty float x\nproperty float y\nproperty float z\n")
-        f.write("property float value\n")
-        f.write(f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
-        for (a, b, c), v in zip(vertices_xyz, values):
-            f.write(f"{a:.4f} {b:.4f} {c:.4f} {v:.4f}\n")
-        for t in faces:
-            f.write(f"3 {t[0]} {t[1]} {t[2]}\n")
-
-
-def _write_vtk(path, mesh: TetraMesh):
-    P, C = mesh.points, mesh.cells
-    with open(path, "w") as f:
-        f.write("# vtk DataFile Version 3.0\ncryo_napari tetrahedral mesh\nASCII\nDATASET UNSTRUCTURED_GRID\n")
-        f.write(f"POINTS {len(P)} float\n")
-        f.writelines(f"{a:.4f} {b:.4f} {c:.4f}\n" for a, b, c in P)
-        f.write(f"CELLS {len(C)} {5 * len(C)}\n")
-        f.writelines(f"4 {a} {b} {c} {d}\n" for a, b, c, d in C)
-        f.write(f"CELL_TYPES {len(C)}\n")
-        f.write("10\n" * len(C))
-        f.write(f"CELL_DATA {len(C)}\nSCALARS segment int 1\nLOOKUP_TABLE default\n")
-        f.writelines(f"{int(s)}\n" for s in mesh.cell_segment)
-        f.write("SCALARS rigidity float 1\nLOOKUP_TABLE default\n")
-        f.writelines(f"{w:.4f}\n" for w in mesh.rweights)

@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cryo_napari.methods.flex.mesh import TetraMesh, nearest_mesh_voxel, voxel_barycentrics
+from cryo_napari.methods.flex.mesh import TetraMesh
+from cryo_napari.methods.flex.mesh_voxels import nearest_mesh_voxel, voxel_barycentrics
 
 ZMAX = 1.5
 

@@ -26,7 +26,8 @@ from cryo_napari.io.mrc import write_mrc
 from cryo_napari.io.particles import load_particles
 from cryo_napari.jobs.atomic import write_text_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress
-from cryo_napari.methods.flex.mesh import TetraMesh, voxel_barycentrics
+from cryo_napari.methods.flex.mesh import TetraMesh
+from cryo_napari.methods.flex.mesh_voxels import voxel_barycentrics
 from cryo_napari.methods.flex.model import (flow_from_displacements, project_convected, projection_points,
                                            projection_setup, support_mask)
 from cryo_napari.methods.flex.prep import noise_sigma, read_prep
