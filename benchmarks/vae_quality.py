@@ -164,7 +164,8 @@ def quality(args):
         per_epoch.append(dict(epoch=e, **scores, fsc_auc_mean=float(np.mean(aucs)), fsc_auc_min=float(np.min(aucs)),
                               train_time_s=t_e))
         print(json.dumps(per_epoch[-1]), flush=True)
-    row = dict(tag=args.tag, kind=args.kind, angle=args.angle if args.kind == "continuous" else None, D=D, n=args.n, snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
+    row = dict(tag=args.tag, kind=args.kind, angle=args.angle if args.kind == "continuous" else None, D=D, n=args.n,
+               snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
                lr=args.lr or default_lr(args.batch[0]), march=args.march, lr_schedule=args.lr_schedule,
                enc_radius=args.enc_radius, arch=f"{args.dim}x{args.layers}",
                epochs=args.epochs, wall_s=wall, images_per_s=float(np.mean([m["images_per_s"] for m in metrics])),
@@ -202,7 +203,8 @@ def main():
     p.add_argument("--images", type=int, default=512, help="images per speed measurement")
     p.add_argument("-n", type=int, default=3000)
     p.add_argument("--kind", choices=["discrete", "continuous"], default="discrete")
-    p.add_argument("--angle", type=float, default=15.0, help="continuous: largest domain swing, degrees (20 frames from 0)")
+    p.add_argument("--angle", type=float, default=15.0,
+                   help="continuous: largest domain swing, degrees (20 frames from 0)")
     p.add_argument("--layers", type=int, default=3, help="encoder/decoder hidden layers (quality)")
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--map", default="synthetic", help="'synthetic' or an .mrc map (Fourier-cropped to D)")
