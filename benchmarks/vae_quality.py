@@ -133,7 +133,8 @@ def quality(args):
                batch_size=args.batch[0], lr=args.lr, march=args.march, enc_dim=args.dim, dec_dim=args.dim,
                beta_schedule=args.beta_schedule, lr_schedule=args.lr_schedule, enc_layers=args.layers,
                dec_layers=args.layers, load=args.load,
-               convergence_every=args.convergence_every, enc_radius=args.enc_radius)
+               convergence_every=args.convergence_every, enc_radius=args.enc_radius, decoder=args.decoder,
+               n_basis=args.n_basis, basis_smooth=args.basis_smooth, basis_pad=args.basis_pad)
     t0 = time.perf_counter()
     run_to_end(train_vae_job(cfg), lambda ev: print(ev.text, flush=True) if isinstance(ev, Log) else None)
     wall = time.perf_counter() - t0
@@ -168,6 +169,7 @@ def quality(args):
                snr=args.snr, map=args.map, repr=args.repr, batch=args.batch[0],
                lr=args.lr or default_lr(args.batch[0]), march=args.march, lr_schedule=args.lr_schedule,
                enc_radius=args.enc_radius, arch=f"{args.dim}x{args.layers}",
+               decoder=args.decoder if args.decoder == "mlp" else f"basis:{args.n_basis}:smooth{args.basis_smooth:g}:pad{args.basis_pad}",
                epochs=args.epochs, wall_s=wall, images_per_s=float(np.mean([m["images_per_s"] for m in metrics])),
                threads=torch.get_num_threads(), mean_map_fsc_auc=float(np.mean(base)), backprojection_fsc_auc=float(np.mean(bp_auc)),
                ceiling=ceiling, evaluation=per_epoch)
@@ -218,6 +220,10 @@ def main():
     p.add_argument("--lr-schedule", help="constant (default) or cosine[:E0] (train-vae --lr-schedule)")
     p.add_argument("--convergence-every", type=int, default=5, help="train-vae's in-training convergence check (0 = off)")
     p.add_argument("--enc-radius", type=float, help="train-vae --enc-radius (encoder low-pass, cycles/box)")
+    p.add_argument("--decoder", default="mlp", help="train-vae --decoder (mlp or basis)")
+    p.add_argument("--n-basis", type=int, default=8, help="train-vae --n-basis")
+    p.add_argument("--basis-smooth", type=float, default=1.0, help="train-vae --basis-smooth")
+    p.add_argument("--basis-pad", type=int, default=1, help="train-vae --basis-pad")
     p.add_argument("--ceiling", type=int, default=0, metavar="N",
                    help="also the Bayes ceiling (ARI or |rho| from the true maps) on the first N particles")
     p.add_argument("--ceiling-only", action="store_true", help="build the dataset, print its ceiling, stop")

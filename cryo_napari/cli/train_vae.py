@@ -36,6 +36,16 @@ def add_args(p):
     p.add_argument("--enc-dim", type=int, default=256)
     p.add_argument("--dec-layers", type=int, default=3)
     p.add_argument("--dec-dim", type=int, default=256)
+    p.add_argument("--decoder", choices=["mlp", "basis"], default="mlp",
+                   help="mlp: coordinate MLP (cryoDRGN's, default); basis: --n-basis volumes mixed by an MLP of z, "
+                        "started from the back-projection (much cheaper per image, docs/vae.md)")
+    p.add_argument("--n-basis", type=int, default=8, help="volumes mixed by the basis decoder (default 8)")
+    p.add_argument("--basis-smooth", type=float, default=1.0, metavar="SIGMA",
+                   help="Gaussian blur σ (px of the training box) of the basis decoder's difference volumes "
+                        "(default 1; 0 = none)")
+    p.add_argument("--basis-pad", type=int, choices=(1, 2), default=1,
+                   help="zero-padding of the basis volumes before their FFT: 2 is the accurate slice (as the "
+                        "simulator), 1 (default) is ~4x cheaper per batch at D = 64 with ~2.5x the interpolation error")
     p.add_argument("--pe-type", choices=["gaussian", "geom_lowf"], default="gaussian", help="positional encoding")
     p.add_argument("--pe-dim", type=int, help="positional encoding frequencies per axis (default D/2)")
     p.add_argument("--repr", choices=["fourier", "hartley"], default="fourier",
@@ -65,7 +75,7 @@ def make_job(args):
         "particles", "poses", "ctf", "datadir", "ind", "outdir", "epochs", "zdim", "D", "lazy", "uninvert", "load",
         "batch_size", "lr", "wd", "beta", "beta_schedule", "lr_schedule", "enc_layers", "enc_dim", "dec_layers", "dec_dim",
         "pe_type", "pe_dim", "repr", "march", "seed", "amp", "device", "convergence_every", "convergence_embedding",
-        "enc_radius")}
+        "enc_radius", "decoder", "n_basis", "basis_smooth", "basis_pad")}
     cfg["use_ctf"] = not args.no_ctf
     return train_vae_job(cfg)
 

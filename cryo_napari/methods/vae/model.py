@@ -153,8 +153,14 @@ class VAE(nn.Module):
         super().__init__()
         self.arch = dict(arch)
         self.encoder = Encoder(arch["enc_in"], arch["zdim"], arch["enc_layers"], arch["enc_dim"])
-        self.decoder = Decoder(arch["D"], arch["zdim"], arch["dec_layers"], arch["dec_dim"], arch["pe_type"],
-                               arch.get("pe_dim"), arch.get("feat_sigma", 0.5), arch.get("seed", 0))
+        if arch.get("decoder", "mlp") == "basis":
+            from cryo_napari.methods.vae.basis import BasisDecoder
+
+            self.decoder = BasisDecoder(arch["D"], arch["zdim"], arch.get("n_basis", 8), arch["dec_layers"],
+                                        arch["dec_dim"], arch.get("basis_pad", 1), arch.get("basis_smooth", 1.0))
+        else:
+            self.decoder = Decoder(arch["D"], arch["zdim"], arch["dec_layers"], arch["dec_dim"], arch["pe_type"],
+                                   arch.get("pe_dim"), arch.get("feat_sigma", 0.5), arch.get("seed", 0))
 
     @property
     def zdim(self) -> int:
@@ -175,10 +181,16 @@ class VAE(nn.Module):
 
 def build_vae(D: int, enc_in: int, zdim: int = 8, enc_layers: int = 3, enc_dim: int = 256, dec_layers: int = 3,
               dec_dim: int = 256, pe_type: str = "gaussian", pe_dim: int | None = None, feat_sigma: float = 0.5,
-              seed: int = 0) -> VAE:
-    """A :class:`VAE` for training box ``D`` and encoder input width ``enc_in``."""
+              seed: int = 0, decoder: str = "mlp", n_basis: int = 8, basis_pad: int = 1,
+              basis_smooth: float = 1.0) -> VAE:
+    """A :class:`VAE` for training box ``D`` and encoder input width ``enc_in``; ``decoder`` is
+    ``"mlp"`` (coordinate MLP, cryoDRGN's) or ``"basis"`` (:mod:`~.basis`, ``n_basis`` volumes)."""
+    if decoder not in ("mlp", "basis"):
+        raise ValueError(f"unknown decoder {decoder!r} (mlp, basis)")
     arch = dict(D=D, enc_in=enc_in, zdim=zdim, enc_layers=enc_layers, enc_dim=enc_dim, dec_layers=dec_layers,
                 dec_dim=dec_dim, pe_type=pe_type, pe_dim=pe_dim, feat_sigma=feat_sigma, seed=seed)
+    if decoder == "basis":
+        arch.update(decoder="basis", n_basis=n_basis, basis_pad=basis_pad, basis_smooth=basis_smooth)
     torch.manual_seed(seed)
     return VAE(arch)
 
@@ -200,6 +212,8 @@ def generate_volume_ft(model: VAE, z: torch.Tensor | None, D_out: int, chunk: in
     D_train`` this is a Fourier crop (low-resolution preview). Values beyond radius ``D_train/2``
     are zero.
     """
+    if hasattr(model.decoder, "volume_ft"):
+        return model.decoder.volume_ft(z, D_out)
     D = model.arch["D"]
     k = torch.arange(D_out, dtype=torch.float32) - D_out // 2
     kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
@@ -217,6 +231,11 @@ def flops_per_image(arch: dict, n_points: int) -> float:
     """Approximate multiply-add FLOPs (×2) of one image through encoder and decoder (forward only)."""
     e, d, z = arch["enc_dim"], arch["dec_dim"], arch["zdim"]
     enc = arch["enc_in"] * e + arch["enc_layers"] * e * e + e * 2 * z
+    if arch.get("decoder") == "basis":  # slice sampling + mixing; the per-batch FFTs are not counted
+        from cryo_napari.methods.vae.basis import basis_flops_per_point
+
+        nb = arch.get("n_basis", 8)
+        return 2.0 * (enc + n_points * basis_flops_per_point(nb) + z * d + arch["dec_layers"] * d * d + d * nb)
     pe_w = 6 * (arch.get("pe_dim") or arch["D"] // 2)
     dec = n_points * (3 * pe_w / 2 + pe_w * d + arch["dec_layers"] * d * d + d * 2) + z * d
     return 2.0 * (enc + dec)

@@ -20,10 +20,11 @@ import torch
 
 from cryo_napari.errors import InputError
 from cryo_napari.io.particles import load_particles
-from cryo_napari.jobs.atomic import atomic_path, save_npy_atomic
+from cryo_napari.jobs.atomic import save_npy_atomic
 from cryo_napari.jobs.protocol import Artifact, Job, Log, Metric, Progress, run_to_end
 from cryo_napari.jobs.rundir import RunDir
 from cryo_napari.methods.vae import distributed as dist_
+from cryo_napari.methods.vae.checkpoint import checkpoint_to_load, clean_after_kill, save_checkpoint
 from cryo_napari.methods.vae.data import VAEData, encoder_width, hartley_full
 from cryo_napari.methods.vae.encode import encode_all, encode_images
 from cryo_napari.methods.vae.model import VAE, build_vae, flops_per_image, kl_divergence, reparameterize
@@ -34,7 +35,7 @@ DEFAULTS = dict(
     lr_schedule=None,
     enc_layers=3, enc_dim=256, dec_layers=3, dec_dim=256, pe_type="gaussian", pe_dim=None, feat_sigma=0.5,
     repr="fourier", march=0, seed=0, amp=None, device=None, use_ctf=True, convergence_every=5, enc_radius=None,
-    convergence_embedding="umap",
+    convergence_embedding="umap", decoder="mlp", n_basis=8, basis_pad=1, basis_smooth=1.0,
 )
 KIND = "train-vae"
 
@@ -144,60 +145,6 @@ def _to(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def save_checkpoint(path: Path, model, opt, epoch: int, np_rng: np.random.Generator, extra: dict) -> None:
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "arch": model.arch,
-             "torch_rng": torch.get_rng_state(), "numpy_rng": np_rng.bit_generator.state, **extra}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _checkpoint_to_load(rd: RunDir, load) -> Path | None:
-    if not load:
-        return None
-    if str(load) == "latest":
-        # an epoch counts once all of its outputs are complete (a kill can fall between them)
-        done = set(rd.complete_steps("z", "npy")) & {m.get("epoch") for m in rd.read_metrics()}
-        steps = [s for s in rd.complete_steps("weights", "pt") if s in done]
-        return rd.path / f"weights.{steps[-1]}.pt" if steps else None
-    p = Path(load)
-    if not p.exists():
-        raise InputError(p, "checkpoint not found")
-    return p
-
-
-def _clean_after_kill(rd: RunDir) -> int:
-    """Remove what a killed run can leave: ``.tmp-*`` files and a torn last ``metrics.jsonl`` line.
-
-    Returns how many leftovers were removed. Complete outputs are never touched.
-    """
-    import json
-
-    from cryo_napari.jobs.atomic import write_text_atomic
-
-    n = 0
-    for p in rd.path.glob(".tmp-*"):
-        if p.is_file():  # temporary files are never under a final name
-            p.unlink(missing_ok=True)
-            n += 1
-    mpath = rd.path / "metrics.jsonl"
-    if mpath.exists():
-        text = mpath.read_text(errors="replace")
-        good = []
-        for line in text.splitlines(keepends=True):
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if line.endswith("\n"):
-                good.append(line)
-        if "".join(good) != text:
-            write_text_atomic(mpath, "".join(good))
-            n += 1
-    return n
-
-
 def load_data_for(cfg: dict) -> VAEData:
     pdata = load_particles(cfg["particles"], datadir=cfg.get("datadir"), poses=cfg.get("poses"),
                            ctf=cfg.get("ctf"), ind=cfg.get("ind"), require_poses=True)
@@ -209,6 +156,8 @@ def train_vae_job(config: dict) -> Job:
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in DEFAULTS}}
     if cfg["outdir"] is None or cfg["particles"] is None:
         raise InputError(None, "train-vae needs particles and an output directory")
+    if cfg["decoder"] not in ("mlp", "basis"):
+        raise InputError(None, f"unknown decoder {cfg['decoder']!r} (mlp, basis)")
     if cfg["repr"] not in ("fourier", "hartley"):
         raise InputError(None, f"unknown representation {cfg['repr']!r} (fourier, hartley)")
     device, amp = _resolve_device(cfg)
@@ -232,7 +181,7 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
     if cfg.get("lr_schedule"):
         lr_at(cfg, 1.0, 0.0)
     rd = RunDir(cfg["outdir"]).create()
-    ckpt_path = _checkpoint_to_load(rd, cfg["load"])
+    ckpt_path = checkpoint_to_load(rd, cfg["load"])
     if ckpt_path is None and not cfg["load"] and rd.complete_steps("weights", "pt"):
         raise InputError(rd.path, "already holds trained epochs: resume with --load latest or use a new directory")
     if world > 1:
@@ -247,7 +196,8 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
     if m_enc < 2:
         raise InputError("--enc-radius", f"{cfg['enc_radius']} cycles/box leaves the encoder {m_enc} lattice point(s)")
     model = build_vae(data.D, encoder_width(m_enc, cfg["repr"]), cfg["zdim"], cfg["enc_layers"], cfg["enc_dim"],
-                      cfg["dec_layers"], cfg["dec_dim"], cfg["pe_type"], cfg["pe_dim"], cfg["feat_sigma"], cfg["seed"])
+                      cfg["dec_layers"], cfg["dec_dim"], cfg["pe_type"], cfg["pe_dim"], cfg["feat_sigma"], cfg["seed"],
+                      cfg["decoder"], cfg["n_basis"], cfg["basis_pad"], cfg["basis_smooth"])
     model.to(device)
     model.lattice_k = lat.k.to(device)
     model.lattice_w = lat.weight.to(device)
@@ -276,9 +226,14 @@ def _train(cfg: dict, device, amp: bool, rank: int, world: int) -> Job:
         yield Log("info", f"resuming from {ckpt_path.name} (epoch {start})")
     elif cfg["load"] == "latest":
         yield Log("info", "no complete checkpoint in the run directory; starting from scratch")
+    if ckpt_path is None and cfg["decoder"] == "basis":
+        from cryo_napari.methods.vae.basis import init_mean_from_data
+
+        info = init_mean_from_data(model.decoder, data)
+        yield Log("info", f"basis decoder: mean volume from the back-projection of {info['n']} particles")
     cfg["lr_schedule"] = cfg.get("lr_schedule") or "constant"
     if cfg["load"] and lead:
-        cleaned = _clean_after_kill(rd)
+        cleaned = clean_after_kill(rd)
         if cleaned:
             yield Log("info", f"removed {cleaned} leftover(s) of the interrupted run (temporary files, torn "
                               "metrics line)")
