@@ -72,6 +72,24 @@ def cryodrgn_epoch_times(run: Path) -> list[float]:
     return out
 
 
+def adopt_cryodrgn_run(run: Path, log: Path | None, epochs: int) -> dict:
+    """Record a cryoDRGN run made outside this script: its command (config.yaml), wall time and peak
+    RSS from a ``/usr/bin/time -v`` log. Refuses a run that did not finish ``epochs`` epochs."""
+    times = cryodrgn_epoch_times(run)
+    if len(times) < epochs:
+        raise SystemExit(f"{run}: only {len(times)} of {epochs} epochs finished (run.log)")
+    info = {"cmd": f"cryodrgn train_vae (adopted run {run}, see its config.yaml) -o {run}", "adopted": True}
+    text = log.read_text(errors="replace") if log else ""
+    m = re.search(r"Elapsed \(wall clock\) time.*?: (?:(\d+):)?(\d+):([\d.]+)", text)
+    info["wall_s"] = (int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3))) if m else float(sum(times))
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    info["peak_rss_mib"] = int(m.group(1)) / 1024 if m else float("nan")
+    cmd = re.search(r"Command being timed: \"(.*)\"", text)
+    if cmd:
+        info["cmd"] = cmd.group(1)
+    return info
+
+
 def our_epoch_times(run: Path) -> list[float]:
     return [json.loads(x)["time_s"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
@@ -118,6 +136,12 @@ def main(argv=None) -> int:
     p.add_argument("--n-fsc", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", nargs="*", default=[], help="runs to skip: cryodrgn same, or the --fast-name")
+    p.add_argument("--same-epochs", type=int, help="epochs of run 2 (default --epochs; 1 measures only its epoch time)")
+    p.add_argument("--cryodrgn-run", metavar="DIR",
+                   help="adopt a finished cryoDRGN run instead of launching one (e.g. started by hand under "
+                        "`/usr/bin/time -v ... > LOG 2>&1` so it could run across sessions); give the log with "
+                        "--cryodrgn-log for its wall time and peak RSS")
+    p.add_argument("--cryodrgn-log", metavar="LOG", help="that run's /usr/bin/time -v output")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -140,7 +164,7 @@ def main(argv=None) -> int:
         "cryodrgn": [a.cryodrgn, "train_vae", *stack, *ARCH, "-n", str(a.epochs), "--seed", "0", "--no-analysis",
                      "--checkpoint", "1", "--max-threads", str(a.threads), "-o"],
         # no convergence checks in our runs, as cryoDRGN runs no analysis (--no-analysis)
-        "same": ["cryo-napari", "train-vae", *stack, *ARCH, "-b", "16", "--lr", "1e-4", "-n", str(a.epochs),
+        "same": ["cryo-napari", "train-vae", *stack, *ARCH, "-b", "16", "--lr", "1e-4", "-n", str(a.same_epochs or a.epochs),
                  "--seed", "0", "--convergence-every", "0", "-o"],
         a.fast_name: ["cryo-napari", "train-vae", *stack, *ARCH, *shlex.split(a.fast), "-n", str(a.fast_epochs),
                       "--seed", "0", "--convergence-every", "0", "-o"],
@@ -149,6 +173,15 @@ def main(argv=None) -> int:
         if name in a.skip:
             continue
         run = out / f"run_{name}"
+        if name == "cryodrgn" and a.cryodrgn_run and name not in res.get("runs", {}):
+            run = Path(a.cryodrgn_run)
+            info = adopt_cryodrgn_run(run, Path(a.cryodrgn_log) if a.cryodrgn_log else None, a.epochs)
+            info["epoch_s"] = cryodrgn_epoch_times(run)
+            info["images_per_s"] = a.n / float(np.median(info["epoch_s"]))
+            res.setdefault("runs", {})[name] = info
+            save()
+        elif name == "cryodrgn" and a.cryodrgn_run:
+            run = Path(a.cryodrgn_run)
         if name not in res.get("runs", {}):
             shutil.rmtree(run, ignore_errors=True)  # a run interrupted before it was recorded
             print(f"running {name}: {shlex.join(cmd + [str(run)])}", flush=True)
@@ -162,6 +195,7 @@ def main(argv=None) -> int:
             save()
         info = res["runs"][name]
         todo = list(range(1, a.fast_epochs + 1) if name not in ("cryodrgn", "same") else evals)
+        todo = [e for e in todo if e <= len(info["epoch_s"])]
         # our maps are in the simulator's hand (tested); cryoDRGN's hand is chosen at its last epoch
         flip = None if name == "cryodrgn" else False
         todo = todo[-1:] + todo[:-1] if flip is None else todo
