@@ -45,7 +45,7 @@ def add_args(p):
                         "(default 1; 0 = none)")
     p.add_argument("--basis-pad", type=int, choices=(1, 2), default=1,
                    help="zero-padding of the basis volumes before their FFT: 2 is the accurate slice (as the "
-                        "simulator), 1 (default) is ~4x cheaper per batch at D = 64 with ~2.5x the interpolation error")
+                        "simulator), 1 (default) is ~8x cheaper per epoch at D = 64 with ~2.5x the interpolation error")
     p.add_argument("--pe-type", choices=["gaussian", "geom_lowf"], default="gaussian", help="positional encoding")
     p.add_argument("--pe-dim", type=int, help="positional encoding frequencies per axis (default D/2)")
     p.add_argument("--repr", choices=["fourier", "hartley"], default="fourier",
