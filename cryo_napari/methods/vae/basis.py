@@ -32,12 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cryo_napari.geometry.fourier import (
-    fft_centered,
-    ifft_centered,
-    insert_fourier_slices,
-    trilinear_gridding_correction,
-)
+from cryo_napari.geometry.fourier import fft_centered, insert_fourier_slices
 from cryo_napari.geometry.masks import soft_spherical_mask_3d
 
 
@@ -163,11 +158,12 @@ def init_mean_from_data(decoder: BasisDecoder, data, n_max: int = 4000, batch_si
     (a :class:`~.data.VAEData`, normalised half-lattice values), and the scale ``s`` to its RMS
     inside the mask. Deterministic (the first ``n_max`` particles), so every DDP rank agrees.
     Returns {"n": particles used, "scale": s}."""
+    from cryo_napari.geometry.backproject import Backprojector
+
     D = data.D
     lat = data.lattice
     dev = decoder.volumes.device
-    acc = torch.zeros((D, D, D), dtype=torch.complex64)
-    wts = torch.zeros((D, D, D), dtype=torch.float32)
+    bp = Backprojector(D)  # its accumulators take the data's (already centred, CTF'd) half lattices
     n = min(data.N, n_max)
     flat = lat.flat
     k = lat.k.round().long()
@@ -183,9 +179,9 @@ def init_mean_from_data(decoder: BasisDecoder, data, n_max: int = 4000, batch_si
         cfull[:, mate] = c * c
         full[:, flat] = y * c
         cfull[:, flat] = c * c
-        insert_fourier_slices(full.reshape(-1, D, D), cfull.reshape(-1, D, D), batch["rot"], acc, wts)
-    lam = 0.05 * float(wts[wts > 0].mean()) if (wts > 0).any() else 1.0
-    vol = ifft_centered(acc / (wts + lam), 3).real / trilinear_gridding_correction(D)
+        insert_fourier_slices(full.reshape(-1, D, D), cfull.reshape(-1, D, D), batch["rot"], bp.data, bp.weight)
+    wts = bp.weight
+    vol = bp.reconstruct(wiener=0.05 * float(wts[wts > 0].mean()) if (wts > 0).any() else 1.0)
     mask = decoder.mask.cpu()
     scale = float((vol * mask).square().sum().div(mask.square().sum()).sqrt()) or 1.0
     decoder.scale.fill_(scale)
