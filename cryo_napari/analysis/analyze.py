@@ -24,11 +24,13 @@ from cryo_napari.jobs.protocol import Artifact, Log, Progress
 
 
 def default_outdir(run) -> Path:
-    """``RUN/analyze.<epoch>`` for run directories, ``<file>.analyze`` beside a latent file."""
+    """``RUN/analyze.<epoch>`` (``analyze.<epoch>.refined`` on refined latents) for run directories,
+    ``<file>.analyze`` beside a latent file."""
     p = Path(run.path)
     if p.is_file():
         return p.with_suffix(".analyze")
-    return p / (f"analyze.{run.epoch}" if run.epoch is not None else "analyze")
+    refined = ".refined" if getattr(run, "latents", "encoder") == "refined" else ""
+    return p / ((f"analyze.{run.epoch}" if run.epoch is not None else "analyze") + refined)
 
 
 def write_volumes(run, z, outdir, D=None, flip=False):

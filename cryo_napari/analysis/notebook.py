@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def notebook_cells(run_path: str, epoch, ksample: int) -> list[tuple[str, str]]:
+def notebook_cells(run_path: str, epoch, ksample: int, refined: bool = False) -> list[tuple[str, str]]:
     """(cell type, source) pairs of the notebook."""
     return [
         ("markdown", f"# cryo_napari latent-space analysis\n\nRun: `{run_path}`, epoch {epoch}. "
                      "Re-run all cells after changing the parameters in the first code cell."),
-        ("code", f"RUN = {run_path!r}\nEPOCH = {epoch!r}\nK = {int(ksample)}\n"
+        ("code", f"RUN = {run_path!r}\nEPOCH = {epoch!r}\nREFINED = {bool(refined)!r}\nK = {int(ksample)}\n"
                  "from pathlib import Path\nimport numpy as np\n"
                  "from cryo_napari.analysis.runs import load_latent_run\n"
                  "OUT = Path('.').resolve()\n"
-                 "run = load_latent_run(RUN, EPOCH)\n"
+                 "run = load_latent_run(RUN, EPOCH, refined=REFINED)\n"
                  "z = run.z\nlabels = np.load(OUT / 'labels.npy')\npca = np.load(OUT / 'pca.npy')\n"
                  "centers_ind = np.loadtxt(OUT / 'centers_ind.txt', dtype=int, ndmin=1)\n"
                  "umap = np.load(OUT / 'umap.npy') if (OUT / 'umap.npy').exists() else None\n"
@@ -55,6 +55,7 @@ def write_notebook(outdir, run, ksample: int) -> Path:
 
     nb = nbformat.v4.new_notebook()
     make = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    nb.cells = [make[t](src) for t, src in notebook_cells(str(Path(run.path).resolve()), run.epoch, ksample)]
+    nb.cells = [make[t](src) for t, src in notebook_cells(str(Path(run.path).resolve()), run.epoch, ksample,
+                                                           getattr(run, "latents", "encoder") == "refined")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return write_text_atomic(Path(outdir) / "analysis.ipynb", nbformat.writes(nb))

@@ -26,10 +26,10 @@ import numpy as np
 from cryo_napari.errors import InputError
 
 
-def _load_vae(path, epoch):
+def _load_vae(path, epoch, latents="encoder"):
     from cryo_napari.methods.vae.eval import load_vae_run
 
-    return load_vae_run(path, epoch)
+    return load_vae_run(path, epoch, latents)
 
 
 #: config.yaml ``kind`` → loader ``(run_dir, epoch) -> run``. Add new methods here.
@@ -110,13 +110,21 @@ def run_kind(path) -> str:
     raise InputError(cfg, f"unsupported run kind {kind!r} (known: {', '.join(sorted(RUN_LOADERS))}, cryoDRGN runs, z files)")
 
 
-def load_latent_run(path, epoch: int | None = None, apix: float | None = None):
+def load_latent_run(path, epoch: int | None = None, apix: float | None = None, refined: bool = False):
     """Open a run directory or latent file (see the module docstring) at ``epoch``.
 
-    ``apix`` overrides the pixel size (Å) for runs that do not record it (cryoDRGN).
+    ``apix`` overrides the pixel size (Å) for runs that do not record it (cryoDRGN). ``refined``
+    reads the latents ``cryo-napari refine-z`` wrote (our VAE runs only) instead of the encoder's.
     """
     path = Path(path)
     kind = run_kind(path)
+    if refined:
+        if kind not in ("train-vae", "vae"):
+            raise InputError(path, "refined latents (--refined) exist only for train-vae runs (cryo-napari refine-z)")
+        run = RUN_LOADERS[kind](path, epoch, "refined")
+        if apix:
+            run.apix = float(apix)
+        return run
     if kind == "latents":
         return LatentOnly(path, read_latent_file(path), apix=float(apix or 1.0))
     if kind == "cryodrgn":

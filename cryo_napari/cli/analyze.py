@@ -17,6 +17,8 @@ from cryo_napari.jobs.protocol import run_in_terminal
 def add_args(p):
     p.add_argument("run", help="run directory (train-vae or cryoDRGN) or a z.npy / z.pkl file")
     p.add_argument("--epoch", type=int, help="epoch (default: the latest complete one / cryoDRGN's final)")
+    p.add_argument("--refined", action="store_true",
+                   help="use the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")
     p.add_argument("--ksample", type=int, default=20, help="k-means clusters (default 20)")
     p.add_argument("--pc", type=int, default=2, help="number of PCs to traverse (default 2)")
     p.add_argument("--pc-points", type=int, default=10, help="maps per PC traversal (default 10)")
@@ -34,7 +36,7 @@ def make_job(args):
     from cryo_napari.analysis.analyze import analyze_job
     from cryo_napari.analysis.runs import load_latent_run
 
-    run = load_latent_run(args.run, args.epoch, args.apix)
+    run = load_latent_run(args.run, args.epoch, args.apix, refined=args.refined)
     return (yield from analyze_job(run, args.outdir, args.ksample, args.pc, args.skip_umap, args.skip_vol,
                                    args.pc_points, args.D, args.flip, args.seed))
 

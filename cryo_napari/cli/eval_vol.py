@@ -19,6 +19,8 @@ from cryo_napari.jobs.protocol import Artifact, Progress, run_in_terminal
 def add_args(p):
     p.add_argument("run", help="run directory (train-vae, or a cryoDRGN run when supported)")
     p.add_argument("--epoch", type=int, help="epoch (default: the latest complete one)")
+    p.add_argument("--refined", action="store_true",
+                   help="use the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--z", type=float, nargs="+", help="latent point(s): zdim values each")
     g.add_argument("--z-file", help="(M, zdim) latent points, .npy or text")
@@ -29,7 +31,7 @@ def add_args(p):
     p.add_argument("--apix", type=float, help="pixel size (Å) of the training box (default: from the run)")
 
 
-def open_run(path, epoch=None, apix=None):
+def open_run(path, epoch=None, apix=None, refined: bool = False):
     """The run at ``epoch``: through cryo_napari.analysis.runs when present, else our VAE loader.
 
     ``apix`` (Å) overrides the training pixel size recorded in the run.
@@ -39,11 +41,11 @@ def open_run(path, epoch=None, apix=None):
     except ImportError:
         from cryo_napari.methods.vae.eval import load_vae_run
 
-        run = load_vae_run(path, epoch)
+        run = load_vae_run(path, epoch, "refined" if refined else "encoder")
         if apix:
             run.apix = float(apix)
         return run
-    return load_latent_run(path, epoch, apix)
+    return load_latent_run(path, epoch, apix, refined=refined)
 
 
 def latent_points(args, run) -> np.ndarray:
@@ -77,7 +79,7 @@ def make_job(args):
     from cryo_napari.io.mrc import write_mrc
     from cryo_napari.jobs.atomic import write_text_atomic
 
-    run = open_run(args.run, args.epoch, args.apix)
+    run = open_run(args.run, args.epoch, args.apix, refined=args.refined)
     z = latent_points(args, run)
     D = args.D or int(run.D)
     apix = run.apix_at(D) if hasattr(run, "apix_at") else float(run.apix) * int(run.D) / D

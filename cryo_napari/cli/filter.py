@@ -18,6 +18,8 @@ from cryo_napari.jobs.protocol import run_in_terminal
 def add_args(p):
     p.add_argument("run", help="run directory (train-vae or cryoDRGN) or a z.npy / z.pkl file")
     p.add_argument("--epoch", type=int, help="epoch (default: the latest complete one)")
+    p.add_argument("--refined", action="store_true",
+                   help="use the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")
     p.add_argument("--clusters", type=int, nargs="+", metavar="I", help="keep these clusters (0-based)")
     p.add_argument("--k", type=int, default=20, help="clusters for --clusters (default 20, as analyze)")
     p.add_argument("--gmm", action="store_true", help="--clusters refers to a Gaussian mixture, not k-means")
@@ -72,7 +74,7 @@ def make_job(args):
     from cryo_napari.jobs.atomic import write_text_atomic
     from cryo_napari.jobs.protocol import Artifact, Log, Progress
 
-    run = load_latent_run(args.run, args.epoch)
+    run = load_latent_run(args.run, args.epoch, refined=args.refined)
     n = len(run.z)
     rules = []
     yield Progress(0, 2, "rules")

@@ -25,6 +25,7 @@ COMMANDS = {
     "train-vae": "cryo_napari.cli.train_vae",
     "eval-vol": "cryo_napari.cli.eval_vol",
     "convergence": "cryo_napari.cli.convergence",
+    "refine-z": "cryo_napari.cli.refine_z",
     "analyze": "cryo_napari.cli.analyze",
     "traverse": "cryo_napari.cli.traverse",
     "filter": "cryo_napari.cli.filter",

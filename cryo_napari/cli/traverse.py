@@ -17,6 +17,8 @@ from cryo_napari.jobs.protocol import run_in_terminal
 def add_args(p):
     p.add_argument("run", help="run directory (train-vae or cryoDRGN)")
     p.add_argument("--epoch", type=int, help="epoch (default: the latest complete one)")
+    p.add_argument("--refined", action="store_true",
+                   help="use the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--graph", type=int, nargs="+", metavar="I", help="anchor particles (≥ 2) for a graph path")
     g.add_argument("--direct", type=int, nargs=2, metavar=("A", "B"), help="straight line between two particles")
@@ -46,7 +48,7 @@ def make_job(args):
     from cryo_napari.jobs.atomic import save_npy_atomic, write_text_atomic
     from cryo_napari.jobs.protocol import Artifact, Log, Progress
 
-    run = load_latent_run(args.run, args.epoch, args.apix)
+    run = load_latent_run(args.run, args.epoch, args.apix, refined=args.refined)
     yield Progress(0, 2, "path")
     if args.graph:
         tr = graph_traversal(run.z, args.graph, args.max_neighbors, args.avg_neighbors, args.max_dist)

@@ -109,8 +109,11 @@ class BasisDecoder(nn.Module):
             ft = torch.cat([ft[:1], ft[1:] * self.diff_filter], dim=0)
         return torch.view_as_real(ft).permute(0, 4, 1, 2, 3).reshape(-1, P + 1, P + 1, P // 2 + 1)
 
-    def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Complex transform values (B, M, 2) at coordinates (B, M, 3) (or (M, 3)) for latents (B, zdim)."""
+    def basis_slices(self, coords: torch.Tensor, planes: torch.Tensor | None = None) -> torch.Tensor:
+        """Transform values of every (masked, scaled) basis volume at ``coords`` (B, M, 3) (or (M, 3)):
+        real (n_basis + 1, 2, B, M) as (volume, Re/Im, image, point); ``V(z)``'s values are their
+        mix with :meth:`weights`. ``planes``: :meth:`half_transforms` computed once by a caller
+        that slices many batches with fixed volumes (default: computed here)."""
         if coords.dim() == 2:
             coords = coords[None]
         P = self.pad * self.D
@@ -119,15 +122,20 @@ class BasisDecoder(nn.Module):
         c = c * sign
         grid = torch.stack([c[..., 0] / (P // 2), (c[..., 1] + P // 2) / P, (c[..., 2] + P // 2) / P], dim=-1) * 2 - 1
         B, M = grid.shape[:2]
-        planes = self.half_transforms()[None]  # (1, C, P+1, P+1, P/2+1)
+        planes = (self.half_transforms() if planes is None else planes)[None]  # (1, C, P+1, P+1, P/2+1)
         out = F.grid_sample(planes, grid.reshape(1, B, M, 1, 3), mode="bilinear", padding_mode="zeros",
                             align_corners=True)  # (1, C, B, M, 1)
         out = out.reshape(self.n_basis + 1, 2, B, M)
+        return torch.stack([out[:, 0], out[:, 1] * sign[..., 0]], dim=1)
+
+    def forward(self, coords: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Complex transform values (B, M, 2) at coordinates (B, M, 3) (or (M, 3)) for latents (B, zdim)."""
+        out = self.basis_slices(coords)
+        B = out.shape[2]
         w = self.weights(z)
         if w.shape[0] != B:
             w = w.expand(B, -1)
-        vals = torch.einsum("nrbm,bn->bmr", out, w)
-        return torch.cat([vals[..., :1], vals[..., 1:] * sign], dim=-1)
+        return torch.einsum("nrbm,bn->bmr", out, w)
 
     @torch.no_grad()
     def volume(self, z: torch.Tensor | None) -> torch.Tensor:

@@ -32,6 +32,7 @@ class VAERun:
     apix : training pixel size (Å).
     config : ``config.yaml`` as a dict.
     particles : the particle file trained on; ``ind`` the index file (or None).
+    latents : ``"encoder"`` (``z.N.npy``) or ``"refined"`` (``z.N.refined.npy``, ``refine-z``).
     """
 
     path: Path
@@ -45,6 +46,7 @@ class VAERun:
     ind: str | None
     model: VAE = field(repr=False)
     norm: float = 1.0
+    latents: str = "encoder"
 
     def generate_volumes(self, z, D: int | None = None, flip: bool = False) -> np.ndarray:
         """Maps (M, D, D, D) float32 at latents ``z`` (M, zdim) (or one (zdim,) point).
@@ -71,8 +73,14 @@ class VAERun:
         return float(self.apix * self.D / (D or self.D))
 
 
-def load_vae_run(run_dir, epoch: int | None = None) -> VAERun:
-    """Load a run written by ``train-vae`` at ``epoch`` (default: the latest complete one)."""
+def load_vae_run(run_dir, epoch: int | None = None, latents: str = "encoder") -> VAERun:
+    """Load a run written by ``train-vae`` at ``epoch`` (default: the latest complete one).
+
+    ``latents``: ``"encoder"`` (``z.N.npy``, the encoder's means) or ``"refined"``
+    (``z.N.refined.npy`` written by ``cryo-napari refine-z``; an error names the command when absent).
+    """
+    if latents not in ("encoder", "refined"):
+        raise ValueError(f"latents must be 'encoder' or 'refined', not {latents!r}")
     rd = RunDir(run_dir)
     cfg = rd.read_config()
     if cfg.get("kind") != "train-vae":
@@ -90,7 +98,11 @@ def load_vae_run(run_dir, epoch: int | None = None) -> VAERun:
     model = VAE(ck["arch"])
     model.load_state_dict(ck["model"])
     model.eval()
-    z = np.load(rd.path / f"z.{epoch}.npy").astype(np.float32)
+    zpath = rd.path / (f"z.{epoch}.npy" if latents == "encoder" else f"z.{epoch}.refined.npy")
+    if latents == "refined" and not rd.is_complete(zpath):
+        raise InputError(zpath, f"no complete refined latents for epoch {epoch}: run `cryo-napari refine-z "
+                                f"{rd.path} --epoch {epoch}` first")
+    z = np.load(zpath).astype(np.float32)
     arch = ck["arch"]
     return VAERun(rd.path, int(epoch), z, int(arch["zdim"]), int(arch["D"]), float(cfg["apix"]), cfg,
-                  cfg.get("particles"), cfg.get("ind"), model, float(ck.get("norm", cfg.get("norm", 1.0))))
+                  cfg.get("particles"), cfg.get("ind"), model, float(ck.get("norm", cfg.get("norm", 1.0))), latents)
