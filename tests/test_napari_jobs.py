@@ -59,7 +59,7 @@ def test_form_of_train_vae_keeps_floats_and_tristate():
 
 def test_every_dock_builds(qtbot):
     for make in (_jobs.backproject_dock, _jobs.train_vae_dock, _jobs.class3d_dock, _jobs.flex_dock,
-                 _jobs.analyze_dock, _jobs.convergence_dock):
+                 _jobs.analyze_dock, _jobs.convergence_dock, _jobs.refine_z_dock):
         dock = make(None)
         qtbot.addWidget(dock)
         if not dock.available:

@@ -112,6 +112,10 @@ def test_refine_z_cli_writes_refined_latents_that_analysis_reads(tmp_path):
     r = load_latent_run(run, 1, refined=True)
     enc = load_latent_run(run, 1)
     assert r.z.shape == enc.z.shape == (160, 2) and not np.allclose(r.z, enc.z)
+    # the explorer dock's loader too
+    from cryo_napari.napari._latent_explorer import load_run
+
+    assert np.array_equal(load_run(run, 1, refined=True)[1], r.z)
     # the analysis commands take --refined
     assert cli(["analyze", str(run), "--refined", "--ksample", "3", "--pc", "1", "--skip-umap", "-o",
                 str(tmp_path / "an")]) == 0

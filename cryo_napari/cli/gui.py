@@ -23,6 +23,7 @@ DOCKS = {
     "train-vae": "cryo_napari.napari._jobs:train_vae_dock",
     "analyze": "cryo_napari.napari._jobs:analyze_dock",
     "convergence": "cryo_napari.napari._jobs:convergence_dock",
+    "refine-z": "cryo_napari.napari._jobs:refine_z_dock",
     "class3d": "cryo_napari.napari._jobs:class3d_dock",
     "flex-prep": "cryo_napari.napari._jobs:flex_prep_dock",
     "flex-mesh": "cryo_napari.napari._jobs:flex_mesh_dock",

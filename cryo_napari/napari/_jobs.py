@@ -352,6 +352,11 @@ def convergence_dock(napari_viewer=None) -> JobDock:
     return JobDock(napari_viewer, "convergence", "convergence")
 
 
+def refine_z_dock(napari_viewer=None) -> JobDock:
+    """Dock: refine a basis-decoder VAE run's latents by the decoder's likelihood."""
+    return JobDock(napari_viewer, "refine_z", "refine-z")
+
+
 def flex_prep_dock(napari_viewer=None) -> JobDock:
     """Dock: flex prep (Fourier-crop particles to the training box)."""
     return JobDock(napari_viewer, "flex", "flex prep", subcommand="prep")
@@ -379,11 +384,11 @@ def flex_reconstruct_dock(napari_viewer=None) -> JobDock:
 
 #: dock name → factory, for the npe2 manifest and ``cryo-napari gui --dock``.
 JOB_DOCKS = {"backproject": backproject_dock, "train-vae": train_vae_dock, "analyze": analyze_dock,
-             "convergence": convergence_dock,
+             "convergence": convergence_dock, "refine-z": refine_z_dock,
              "class3d": class3d_dock, "flex": flex_dock, "flex-prep": flex_prep_dock, "flex-mesh": flex_mesh_dock,
              "flex-train": flex_train_dock, "flex-generate": flex_generate_dock,
              "flex-reconstruct": flex_reconstruct_dock}
 
 __all__ = ["JobDock", "MetricPlot", "JOB_DOCKS", "backproject_dock", "train_vae_dock", "class3d_dock", "flex_dock",
-           "analyze_dock", "convergence_dock", "flex_prep_dock", "flex_mesh_dock", "flex_train_dock", "flex_generate_dock",
+           "analyze_dock", "convergence_dock", "refine_z_dock", "flex_prep_dock", "flex_mesh_dock", "flex_train_dock", "flex_generate_dock",
            "flex_reconstruct_dock", "error_message"]

@@ -46,8 +46,9 @@ def _notify(kind: str, text: str) -> None:
      "info": notifications.show_info}[kind](text)
 
 
-def load_run(path, epoch: int | None = None):
+def load_run(path, epoch: int | None = None, refined: bool = False):
     """A run object with ``.z`` (N, zdim) and ideally ``generate_volumes`` / ``apix``, or ``None`` + z.
+    ``refined``: the run's ``refine-z`` latents instead of the encoder's.
 
     Returns
     -------
@@ -62,11 +63,9 @@ def load_run(path, epoch: int | None = None):
         return None, z.astype(np.float32), None
     if not (path / "config.yaml").exists():
         raise InputError(path, "neither a run directory (config.yaml) nor a z .npy file")
-    try:
-        from cryo_napari.analysis.runs import load_latent_run
-    except ImportError:
-        from cryo_napari.methods.vae.eval import load_vae_run as load_latent_run
-    run = load_latent_run(path, epoch)
+    from cryo_napari.analysis.runs import load_latent_run
+
+    run = load_latent_run(path, epoch, refined=refined)
     return run, np.asarray(run.z, np.float32), getattr(run, "epoch", epoch)
 
 
@@ -111,9 +110,11 @@ class LatentExplorer(SelectionListMixin, PathMixin, QWidget):
         self.epoch_box.setRange(-1, 100000)
         self.epoch_box.setValue(-1)
         self.epoch_box.setToolTip("epoch (-1: latest complete)")
+        self.refined_box = QCheckBox("refined")
+        self.refined_box.setToolTip("the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")
         load = QPushButton("Load")
         load.clicked.connect(lambda: self._guard(self.load, self.path_edit.text(), self._epoch_arg()))
-        for w in (self.path_edit, browse, QLabel("epoch"), self.epoch_box, load):
+        for w in (self.path_edit, browse, QLabel("epoch"), self.epoch_box, self.refined_box, load):
             row.addWidget(w)
         lay.addLayout(row)
 
@@ -200,7 +201,7 @@ class LatentExplorer(SelectionListMixin, PathMixin, QWidget):
     # ------------------------------------------------------------------ data
     def load(self, path, epoch: int | None = None) -> None:
         """Load a run directory (at ``epoch``; ``None`` = latest complete) or a ``z.npy``."""
-        run, z, ep = load_run(path, epoch)
+        run, z, ep = load_run(path, epoch, self.refined_box.isChecked())
         self.run_path = Path(path)
         self.path_edit.setText(str(path))
         self.set_latents(z, run=run, epoch=ep)
