@@ -121,8 +121,8 @@ def test_refine_z_cli_writes_refined_latents_that_analysis_reads(tmp_path):
                 str(tmp_path / "an")]) == 0
 
 
-def test_refine_z_refuses_an_mlp_run_in_one_line(vae_run, capsys):
-    assert cli(["refine-z", str(vae_run)]) != 0
+def test_refine_z_basis_method_refuses_an_mlp_run_in_one_line(vae_run, capsys):
+    assert cli(["refine-z", str(vae_run), "--method", "basis"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(vae_run) in err[0] and "--decoder basis" in err[0]
     assert not list(vae_run.glob("*.refined.npy"))

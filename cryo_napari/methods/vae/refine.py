@@ -158,7 +158,7 @@ def refine_run_job(run_dir, epoch: int | None = None, n_candidates: int = 1024, 
     save_npy_atomic(zpath, res.pop("z"))
     rd.mark_complete(zpath, run.epoch)
     jpath = rd.path / f"refine_z.{run.epoch}.json"
-    summary = {"epoch": run.epoch, **res}
+    summary = {"epoch": run.epoch, "method": "basis", **res}
     write_text_atomic(jpath, json.dumps(summary, indent=1))
     yield Artifact("latents", zpath)
     yield Log("info", f"refined latents of epoch {run.epoch}: {zpath} ({res['seconds']:.1f} s, posterior over "
