@@ -119,7 +119,7 @@ def refine_by_maps_job(z: np.ndarray, make_maps, pdata, box: int, n_centres: int
         raise InputError(pdata.path, f"the model's maps do not match these particles (fitted scale {s:.3g})")
     out = np.empty_like(z)
     ent_sum, maxp = 0.0, []
-    step = max(batch * 8, 1)
+    step = max(batch * 8, -(-len(ws) // 4))  # each E-step call transforms every map once: few calls
     for b in range(0, len(ws), step):
         ind = np.arange(b, min(len(ws), b + step))
         ll = _loglik(ws, maps, log_prior, s2, base * s, ind, batch).loglik
