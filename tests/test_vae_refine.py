@@ -126,3 +126,9 @@ def test_refine_z_basis_method_refuses_an_mlp_run_in_one_line(vae_run, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(vae_run) in err[0] and "--decoder basis" in err[0]
     assert not list(vae_run.glob("*.refined.npy"))
+
+
+def test_refine_z_on_a_missing_run_is_one_line(tmp_path, capsys):
+    assert cli(["refine-z", str(tmp_path / "nope")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0]
