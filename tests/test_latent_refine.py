@@ -83,3 +83,37 @@ def test_refine_z_maps_on_an_mlp_vae_run(vae_run, tmp_path):
     assert r.z.shape == load_latent_run(run).z.shape and np.isfinite(r.z).all()
     info = json.loads(next(run.glob("refine_z.*.json")).read_text())
     assert info["method"] == "maps" and info["working_box"] == 16 and info["n_centres"] == 4
+
+
+def test_refine_z_on_a_cryodrgn_run(tmp_path, capsys):
+    """A cryoDRGN-written model (tests/data/cryodrgn_ft_run, D = 16, zdim 4) given a simulated stack,
+    cryoDRGN pose/CTF pkls and a z.pkl: refine-z reads them as cryoDRGN did and writes
+    z.final.refined.npy, which the loader serves with refined=True."""
+    import pickle
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from cryo_napari.analysis.runs import load_latent_run
+    from cryo_napari.cli.main import main as cli
+    from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
+
+    run = tmp_path / "drgn"
+    shutil.copytree(Path(__file__).parent / "data" / "cryodrgn_ft_run", run)
+    paths = simulate_dataset(synthetic_map(D, seed=3)[None], tmp_path / "data",
+                             SimulationParams(n_particles=120, snr=1.0, apix=6.0, seed=5))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    data = Path(paths["star"]).parent
+    cfg["dataset_args"].update(particles=str(data / "particles.mrcs"), poses=str(data / "poses.pkl"),
+                               ctf=str(data / "ctf.pkl"))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with open(run / "z.pkl", "wb") as f:
+        pickle.dump(np.random.default_rng(0).normal(size=(120, 4)).astype(np.float32), f)
+    with pytest.raises(Exception, match="refine-z"):
+        load_latent_run(run, refined=True)
+    assert cli(["refine-z", str(run), "--centres", "4", "--method", "basis"]) != 0  # not a basis-decoder run
+    assert cli(["refine-z", str(run), "--centres", "4"]) == 0
+    r = load_latent_run(run, refined=True)
+    assert (run / "z.final.refined.npy").exists() and r.latents == "refined"
+    assert r.z.shape == (120, 4) and np.isfinite(r.z).all()

@@ -224,7 +224,8 @@ class CryoDRGNRun:
     path : run directory; ``epoch`` the epoch number of the files loaded (None: the final
     ``weights.pkl``); ``z`` (N, zdim) float32 latents (empty (0, zdim) when no z file);
     ``zdim``; ``D`` training box (px, even); ``apix`` pixel size (Å; cryoDRGN does not record it:
-    1.0 unless given); ``config`` the config.yaml; ``particles`` / ``ind`` from dataset_args.
+    1.0 unless given); ``config`` the config.yaml; ``particles`` / ``ind`` from dataset_args;
+    ``latents`` "encoder" (its z.N.pkl) or "refined" (``z.N.refined.npy`` from ``cryo-napari refine-z``).
     """
 
     path: Path
@@ -239,6 +240,7 @@ class CryoDRGNRun:
     decoder: CryoDRGNDecoder = field(repr=False)
     norm: tuple = (0.0, 1.0)
     kind: str = "cryodrgn"
+    latents: str = "encoder"
 
     def generate_volumes(self, z, D: int | None = None, flip: bool = False) -> np.ndarray:
         """Maps (M, D, D, D) float32 at latents ``z`` (M, zdim) or (zdim,); ``D`` (even, ≤ the

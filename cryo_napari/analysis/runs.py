@@ -118,9 +118,22 @@ def load_latent_run(path, epoch: int | None = None, apix: float | None = None, r
     """
     path = Path(path)
     kind = run_kind(path)
+    if refined and kind == "cryodrgn":
+        from cryo_napari.analysis.cryodrgn_run import load_cryodrgn_run
+
+        run = load_cryodrgn_run(path, epoch, apix)
+        label = run.epoch if run.epoch is not None else "final"
+        zpath = path / f"z.{label}.refined.npy"
+        if not zpath.exists():
+            raise InputError(zpath, f"no refined latents for this epoch: run `cryo-napari refine-z {path}"
+                                    f"{'' if run.epoch is None else f' --epoch {run.epoch}'}` first")
+        run.z = np.load(zpath).astype(np.float32)
+        run.latents = "refined"
+        return run
     if refined:
         if kind not in ("train-vae", "vae"):
-            raise InputError(path, "refined latents (--refined) exist only for train-vae runs (cryo-napari refine-z)")
+            raise InputError(path, "refined latents (--refined) exist only for train-vae, flex and cryoDRGN runs "
+                                   "(cryo-napari refine-z)")
         run = RUN_LOADERS[kind](path, epoch, "refined")
         if apix:
             run.apix = float(apix)

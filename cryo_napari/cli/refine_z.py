@@ -1,6 +1,6 @@
 """Refine a run's latents by its own decoder's likelihood (closes the encoder's amortisation gap).
 
-RUN is a train-vae run or a flex train run. Basis-decoder VAE runs use the exact linear posterior
+RUN is a train-vae run, a flex train run or a cryoDRGN train_vae run. Basis-decoder VAE runs use the exact linear posterior
 over --candidates encoder means (cryo_napari.methods.vae.refine); MLP-decoder VAE runs and flex runs
 (or --method maps) compare each particle with maps generated at --centres k-means centres of the
 latents, at working box --box (cryo_napari.methods.latent_refine). The refined latent is the
@@ -16,7 +16,7 @@ from cryo_napari.jobs.protocol import run_in_terminal
 
 
 def add_args(p):
-    p.add_argument("run", help="train-vae or flex train run directory")
+    p.add_argument("run", help="train-vae, flex train or cryoDRGN run directory")
     p.add_argument("--epoch", type=int, help="epoch (default: the latest complete one)")
     p.add_argument("--candidates", type=int, default=1024,
                    help="candidate latents of the posterior: the encoder means of this many random particles "

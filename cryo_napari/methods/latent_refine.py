@@ -115,7 +115,7 @@ def refine_by_maps_job(z: np.ndarray, make_maps, pdata, box: int, n_centres: int
             best = (total, flip, s, s2, m)
         yield Progress(1 + int(flip), 2 if try_flip else 1, "fitting scale, noise and hand")
     _, flip, s, s2, maps = best
-    if s <= 0:
+    if not np.isfinite(s) or s == 0:  # a negative scale is a contrast convention (cryoDRGN inverts the data)
         raise InputError(pdata.path, f"the model's maps do not match these particles (fitted scale {s:.3g})")
     out = np.empty_like(z)
     ent_sum, maxp = 0.0, []

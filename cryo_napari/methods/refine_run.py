@@ -6,7 +6,8 @@ Chooses the method from the run:
   (:mod:`cryo_napari.methods.vae.refine`), unless ``method="maps"``;
 * ``train-vae`` run with the MLP decoder → maps at latent centres
   (:mod:`cryo_napari.methods.latent_refine`);
-* ``flex train`` run → the same, maps being the canonical map convected by the flow at each centre.
+* ``flex train`` run → the same, maps being the canonical map convected by the flow at each centre;
+* cryoDRGN ``train_vae`` run → the same, maps from its decoder (:mod:`cryo_napari.analysis.cryodrgn_run`).
 
 Writes, atomically with completeness markers, ``RUN/z.<epoch>.refined.npy`` (N×zdim float32, the
 run's particle order) and ``RUN/refine_z.<epoch>.json`` (the summary numbers).
@@ -29,10 +30,11 @@ def _write(run_path: Path, epoch: int, res: dict, method: str) -> Job:
     from cryo_napari.jobs.rundir import RunDir
 
     rd = RunDir(run_path)
-    zpath = rd.path / f"z.{epoch}.refined.npy"
+    label = epoch if epoch is not None else "final"  # a cryoDRGN run's final weights.pkl has no number
+    zpath = rd.path / f"z.{label}.refined.npy"
     save_npy_atomic(zpath, res.pop("z"))
     rd.mark_complete(zpath, epoch)
-    jpath = rd.path / f"refine_z.{epoch}.json"
+    jpath = rd.path / f"refine_z.{label}.json"
     summary = {"epoch": epoch, "method": method, **res}
     write_text_atomic(jpath, json.dumps(summary, indent=1))
     yield Artifact("latents", zpath)
@@ -41,10 +43,12 @@ def _write(run_path: Path, epoch: int, res: dict, method: str) -> Job:
 
 
 def _vae_maps_job(run, centres: int, box: int | None, seed: int) -> Job:
+    """Maps method on a VAE run (ours, ``config`` keys at the top level) or a cryoDRGN run (its
+    ``dataset_args``); the particles are read as the run read them."""
     from cryo_napari.io.particles import load_particles
     from cryo_napari.methods.latent_refine import refine_by_maps_job
 
-    cfg = run.config
+    cfg = run.config.get("dataset_args") or run.config
     pdata = load_particles(cfg["particles"], datadir=cfg.get("datadir"), poses=cfg.get("poses"), ctf=cfg.get("ctf"),
                            ind=cfg.get("ind"), require_poses=True)
     if pdata.D != run.D:  # trained on a Fourier-cropped box: the working box cannot exceed it
@@ -100,7 +104,19 @@ def refine_run_latents_job(run_dir, epoch: int | None = None, method: str = "aut
 
     if method not in ("auto", "basis", "maps"):
         raise InputError("--method", f"{method!r}: choose auto, basis or maps")
+    from cryo_napari.analysis.cryodrgn_run import is_cryodrgn_run
+
     run_dir = Path(run_dir)
+    if run_dir.is_dir() and is_cryodrgn_run(run_dir):
+        if method == "basis":
+            raise InputError(run_dir, "--method basis needs a train-vae --decoder basis run; this is a cryoDRGN run")
+        from cryo_napari.analysis.cryodrgn_run import load_cryodrgn_run
+
+        run = load_cryodrgn_run(run_dir, epoch)
+        if len(run.z) == 0:
+            raise InputError(run_dir, "cryoDRGN run without z.N.pkl latents for this epoch")
+        res = yield from _vae_maps_job(run, centres, box, seed)
+        return (yield from _write(run_dir, run.epoch, res, "maps"))
     kind = RunDir(run_dir).read_config().get("kind") if (run_dir / "config.yaml").exists() else None
     if kind == "flex-train":
         if method == "basis":
