@@ -21,6 +21,17 @@ import numpy as np
 import torch
 
 
+def read_map(path: str, D: int) -> np.ndarray:
+    """A cubic map from ``path`` at box ``D`` (Fourier crop when larger); exits with one line when unusable."""
+    from cryo_napari.geometry.fourier import fourier_crop_3d
+    from cryo_napari.io.mrc import read_mrc
+
+    v, _ = read_mrc(path)
+    if len(set(v.shape)) != 1 or v.shape[0] < D:
+        raise SystemExit(f"{path}: map of shape {v.shape} is not a cube of box >= {D}")
+    return v if v.shape[0] == D else fourier_crop_3d(torch.as_tensor(v), D).numpy()
+
+
 def simulate(out: Path, maps, n, snr, seed):
     from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
 
@@ -54,8 +65,12 @@ def main():
     ap.add_argument("--init-mode", default="pca")
     ap.add_argument("--max-fem", type=int, default=25)
     ap.add_argument("--angle", type=float, default=25.0, help="swing (degrees) of the domain in the 2nd state")
+    ap.add_argument("--domain-radius", type=float, default=0.22,
+                    help="radius of the moving/removed domain's sphere as a fraction of the box (default 0.22)")
     ap.add_argument("--cont-angle", type=float, default=15.0,
                     help="largest swing (degrees) of the continuous series (20 frames from 0)")
+    ap.add_argument("--map", help="an .mrc map (cubic, box >= D; Fourier-cropped to D) instead of synthetic_map(D); "
+                    "the simulator treats it as 3 Å/px")
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: k3 k6 continuous")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
@@ -67,11 +82,11 @@ def main():
     from cryo_napari.simulate.heterogeneity import discrete_states, domain_motion_series, synthetic_map
 
     out = Path(a.out)
-    vol = synthetic_map(a.D)
+    vol = synthetic_map(a.D) if a.map is None else read_map(a.map, a.D)
     extra = {"target_res": a.target_res, "init_mode": a.init_mode, "max_fem": a.max_fem}
     results = {"args": vars(a)}
     if {"k3", "k6"} - set(a.skip):
-        maps, names, _ = discrete_states(vol, a.angle)
+        maps, names, _ = discrete_states(vol, a.angle, a.domain_radius)
         gt = simulate(out / "discrete", maps, a.n, a.snr, 0)
         truth = gt["states"]
         results["oracle_ari"] = ceiling_ari(out / "discrete" / "particles.star", gt["maps"], truth, a.target_res)

@@ -111,12 +111,13 @@ def domain_motion_series(vol: np.ndarray, n_frames: int = 20, max_angle_deg: flo
     return rigid_domain_motion(vol, mask, pivot, hinge_axis(centre, pivot), angles), angles, mask
 
 
-def discrete_states(vol: np.ndarray, angle_deg: float = 25.0):
-    """Three states: the map, the domain swung by ``angle_deg``, and the map without the domain.
+def discrete_states(vol: np.ndarray, angle_deg: float = 25.0, radius_frac: float = 0.22):
+    """Three states: the map, the domain swung by ``angle_deg``, and the map without the domain
+    (``radius_frac``: the domain sphere's radius as a fraction of the box, :func:`domain_mask`).
 
     Returns (maps (3,D,D,D), names, mask).
     """
-    mask, centre, pivot = domain_mask(vol)
+    mask, centre, pivot = domain_mask(vol, radius_frac=radius_frac)
     moved = rigid_domain_motion(vol, mask, pivot, hinge_axis(centre, pivot), [angle_deg])[0]
     maps = np.stack([vol.astype(np.float32), moved, remove_region(vol, mask)])
     return maps, ["full", f"domain_{angle_deg:g}deg", "domain_removed"], mask
