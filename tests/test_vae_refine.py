@@ -109,6 +109,15 @@ def test_refine_z_cli_writes_refined_latents_that_analysis_reads(tmp_path):
         load_latent_run(run, 1, refined=True)
     assert cli(["refine-z", str(run), "--candidates", "50"]) == 0
     assert (run / "z.1.refined.npy.ok").exists() and (run / "refine_z.1.json").exists()
+    import json
+
+    assert json.loads((run / "refine_z.1.json").read_text())["working_box"] == 16
+    z_full = np.load(run / "z.1.refined.npy")
+    assert cli(["refine-z", str(run), "--candidates", "50", "--box", "7"]) != 0  # odd box: refused, file kept
+    assert np.array_equal(np.load(run / "z.1.refined.npy"), z_full)
+    assert cli(["refine-z", str(run), "--candidates", "50", "--box", "8"]) == 0
+    assert json.loads((run / "refine_z.1.json").read_text())["working_box"] == 8
+    assert not np.allclose(np.load(run / "z.1.refined.npy"), z_full)  # fewer frequencies, other posteriors
     r = load_latent_run(run, 1, refined=True)
     enc = load_latent_run(run, 1)
     assert r.z.shape == enc.z.shape == (160, 2) and not np.allclose(r.z, enc.z)

@@ -25,7 +25,9 @@ def add_args(p):
                    help="auto (default): basis for basis-decoder VAE runs, else maps")
     p.add_argument("--centres", type=int, default=64,
                    help="maps method: k-means centres of the latents, one map each (default 64)")
-    p.add_argument("--box", type=int, help="maps method: working box (even; default the model's box)")
+    p.add_argument("--box", type=int,
+                   help="working box: compare the images only up to this box's Nyquist (even; default the model's "
+                        "box). Smaller boxes helped on the benchmarks (docs/vae.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidate draw (default 0)")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="particles per batch (default 256)")
 

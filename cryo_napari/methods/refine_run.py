@@ -99,7 +99,8 @@ def refine_run_latents_job(run_dir, epoch: int | None = None, method: str = "aut
     """Job: refine ``run_dir``'s latents at ``epoch`` (module docstring). ``method``: ``auto``,
     ``basis`` (exact, basis-decoder VAE runs) or ``maps``. ``candidates``: encoder means in the basis
     posterior; ``centres``: k-means centres (maps) in the maps posterior; ``box``: working box of
-    the maps method (default: the model's box). Returns the summary dict with the output paths."""
+    either method (default: the model's box; the basis method then compares |k| < box/2 only).
+    Returns the summary dict with the output paths."""
     from cryo_napari.jobs.rundir import RunDir
 
     if method not in ("auto", "basis", "maps"):
@@ -132,7 +133,7 @@ def refine_run_latents_job(run_dir, epoch: int | None = None, method: str = "aut
     if method == "basis" or (method == "auto" and decoder == "basis"):
         from cryo_napari.methods.vae.refine import refine_run_job
 
-        return (yield from refine_run_job(run_dir, run.epoch, candidates, seed, batch_size))
+        return (yield from refine_run_job(run_dir, run.epoch, candidates, seed, batch_size, box))
     res = yield from _vae_maps_job(run, centres, box, seed)
     return (yield from _write(run.path, run.epoch, res, "maps"))
 

@@ -75,10 +75,13 @@ def noise_per_shell(model, data, z: np.ndarray, planes: torch.Tensor, n_noise: i
 
 
 def refine_latents_job(run, data, n_candidates: int = 1024, seed: int = 0, batch_size: int = 256,
-                       n_noise: int = 2000) -> Job:
+                       n_noise: int = 2000, box: int | None = None) -> Job:
     """Job: posterior-mean latents of every particle of ``data`` (a prepared
     :class:`~cryo_napari.methods.vae.data.VAEData`) under ``run``'s decoder (a
     :class:`~cryo_napari.methods.vae.eval.VAERun` of a basis-decoder run; module docstring).
+
+    ``box``: compare the images only at |k| < box/2 (cycles per training box), as if Fourier-cropped
+    to that box (default: the whole training box).
 
     Returns {"z": (N, zdim) float32 in particle order, "sigma2_per_shell": list, "n_candidates",
     "mean_entropy_nats", "effective_candidates" (exp of the mean entropy), "median_max_posterior",
@@ -105,6 +108,10 @@ def refine_latents_job(run, data, n_candidates: int = 1024, seed: int = 0, batch
         yield Log("info", f"refine-z: noise per shell from {min(data.N, n_noise)} particles at their encoder latents")
         var = noise_per_shell(model, data, z, planes, n_noise, batch_size)
         inv_var = 1.0 / var
+        if box is not None:  # compare only |k| < box/2 cycles per training box (a working box, as --box of maps)
+            if box % 2 or box < 8 or box > data.D:
+                raise InputError("--box", f"working box {box} must be even, ≥ 8 and ≤ the training box {data.D}")
+            inv_var = torch.where(data.lattice.radius < box / 2, inv_var, torch.zeros((), dtype=inv_var.dtype))
         out = np.empty_like(z)
         ent_sum, maxp, shift = 0.0, [], []
         z_rms = float(np.sqrt((z**2).sum(1).mean())) or 1.0
@@ -123,13 +130,14 @@ def refine_latents_job(run, data, n_candidates: int = 1024, seed: int = 0, batch
             yield Progress(done, data.N, "refining latents")
     ent = ent_sum / data.N
     return {"z": out, "sigma2_per_shell": [float(v) for v in _per_shell(var, data.lattice)],
-            "n_candidates": C, "seed": seed, "mean_entropy_nats": ent, "effective_candidates": math.exp(ent),
+            "n_candidates": C, "seed": seed, "working_box": int(box or data.D),
+            "mean_entropy_nats": ent, "effective_candidates": math.exp(ent),
             "median_max_posterior": float(np.median(np.concatenate(maxp))),
             "median_shift": float(np.median(np.concatenate(shift))), "seconds": time.perf_counter() - t0}
 
 
 def refine_run_job(run_dir, epoch: int | None = None, n_candidates: int = 1024, seed: int = 0,
-                   batch_size: int = 256) -> Job:
+                   batch_size: int = 256, box: int | None = None) -> Job:
     """Job: refine the latents of a ``train-vae --decoder basis`` run at ``epoch`` (default: the
     latest complete one) and write, atomically with completeness markers, ``RUN/z.<epoch>.refined.npy``
     (N×zdim float32, input particle order; read back with ``load_vae_run(..., latents="refined")``
@@ -152,7 +160,7 @@ def refine_run_job(run_dir, epoch: int | None = None, n_candidates: int = 1024, 
         if data.values is not None:
             data.values *= data.norm / run.norm
         data.norm = run.norm
-    res = yield from refine_latents_job(run, data, n_candidates, seed, batch_size)
+    res = yield from refine_latents_job(run, data, n_candidates, seed, batch_size, box=box)
     rd = RunDir(run.path)
     zpath = rd.path / f"z.{run.epoch}.refined.npy"
     save_npy_atomic(zpath, res.pop("z"))
