@@ -123,7 +123,7 @@ def refine_scores(run: Path, info: dict, epochs: list[int], gt, sel, a, save) ->
     import torch
 
     from cryo_napari.jobs.protocol import run_to_end
-    from cryo_napari.methods.vae.refine import refine_run_job
+    from cryo_napari.methods.refine_run import refine_run_latents_job
 
     torch.set_num_threads(a.threads)
     rows = info.setdefault("scores_refined", [])
@@ -131,7 +131,7 @@ def refine_scores(run: Path, info: dict, epochs: list[int], gt, sel, a, save) ->
     for e in epochs:
         if e in done:
             continue
-        res = run_to_end(refine_run_job(run, e))
+        res = run_to_end(refine_run_latents_job(run, e))
         row = score(run, e, gt, sel, a.kind, False, refined=True)
         row["refine_s"] = res["seconds"]
         row["train_s"] = float(np.sum(info["epoch_s"][:e])) + res["seconds"]

@@ -122,9 +122,11 @@ def load_latent_run(path, epoch: int | None = None, apix: float | None = None, r
         from cryo_napari.analysis.cryodrgn_run import load_cryodrgn_run
 
         run = load_cryodrgn_run(path, epoch, apix)
-        label = run.epoch if run.epoch is not None else "final"
-        zpath = path / f"z.{label}.refined.npy"
-        if not zpath.exists():
+        from cryo_napari.jobs.rundir import RunDir
+
+        rd = RunDir(path)
+        zpath = rd.refined_latents_path(run.epoch)
+        if not rd.is_complete(zpath):
             raise InputError(zpath, f"no refined latents for this epoch: run `cryo-napari refine-z {path}"
                                     f"{'' if run.epoch is None else f' --epoch {run.epoch}'}` first")
         run.z = np.load(zpath).astype(np.float32)

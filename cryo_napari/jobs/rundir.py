@@ -104,6 +104,12 @@ class RunDir:
             return False
         return info.get("size") == path.stat().st_size and info.get("sha256") == sha256_of(path)
 
+    def refined_latents_path(self, step: int | None) -> Path:
+        """``z.<step>.refined.npy`` (``z.final.refined.npy`` for an unnumbered final step): the latents
+        ``cryo-napari refine-z`` writes beside a run's ``z.<step>`` (a suffix the step pattern of
+        :meth:`complete_steps` does not match)."""
+        return self.path / f"z.{step if step is not None else 'final'}.refined.npy"
+
     def complete_steps(self, prefix: str, ext: str) -> list[int]:
         """Steps ``N`` with a complete ``<prefix>.N.<ext>``, ascending."""
         pat = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.{re.escape(ext)}$")

@@ -25,20 +25,21 @@ from cryo_napari.errors import InputError
 from cryo_napari.jobs.protocol import Artifact, Job, Log
 
 
-def _write(run_path: Path, epoch: int, res: dict, method: str) -> Job:
+def _write(run_path: Path, epoch: int | None, res: dict, method: str) -> Job:
+    """Write a refinement result (atomic, with completeness marker) and its summary JSON."""
     from cryo_napari.jobs.atomic import save_npy_atomic, write_text_atomic
     from cryo_napari.jobs.rundir import RunDir
 
     rd = RunDir(run_path)
-    label = epoch if epoch is not None else "final"  # a cryoDRGN run's final weights.pkl has no number
-    zpath = rd.path / f"z.{label}.refined.npy"
+    zpath = rd.refined_latents_path(epoch)  # epoch None: a cryoDRGN run's unnumbered final weights.pkl
+    label = epoch if epoch is not None else "final"
     save_npy_atomic(zpath, res.pop("z"))
     rd.mark_complete(zpath, epoch)
     jpath = rd.path / f"refine_z.{label}.json"
     summary = {"epoch": epoch, "method": method, **res}
     write_text_atomic(jpath, json.dumps(summary, indent=1))
     yield Artifact("latents", zpath)
-    yield Log("info", f"refined latents of epoch {epoch} ({method}): {zpath} ({res['seconds']:.1f} s)")
+    yield Log("info", f"refined latents of epoch {label} ({method}): {zpath} ({res['seconds']:.1f} s)")
     return {**summary, "z_path": str(zpath), "summary_path": str(jpath)}
 
 
@@ -51,9 +52,7 @@ def _vae_maps_job(run, centres: int, box: int | None, seed: int) -> Job:
     cfg = run.config.get("dataset_args") or run.config
     pdata = load_particles(cfg["particles"], datadir=cfg.get("datadir"), poses=cfg.get("poses"), ctf=cfg.get("ctf"),
                            ind=cfg.get("ind"), require_poses=True)
-    if pdata.D != run.D:  # trained on a Fourier-cropped box: the working box cannot exceed it
-        box = min(box or run.D, run.D)
-    d = int(box or run.D)
+    d = int(min(box or run.D, run.D))  # the maps exist up to the training box (maybe a Fourier crop)
 
     def make_maps(c, d_):
         return run.generate_volumes(c, D=d_)
@@ -131,9 +130,10 @@ def refine_run_latents_job(run_dir, epoch: int | None = None, method: str = "aut
     run = load_vae_run(run_dir, epoch)
     decoder = run.config.get("decoder", "mlp")
     if method == "basis" or (method == "auto" and decoder == "basis"):
-        from cryo_napari.methods.vae.refine import refine_run_job
+        from cryo_napari.methods.vae.refine import basis_refine_job
 
-        return (yield from refine_run_job(run_dir, run.epoch, candidates, seed, batch_size, box))
+        res = yield from basis_refine_job(run, candidates, seed, batch_size, box)
+        return (yield from _write(run.path, run.epoch, res, "basis"))
     res = yield from _vae_maps_job(run, centres, box, seed)
     return (yield from _write(run.path, run.epoch, res, "maps"))
 

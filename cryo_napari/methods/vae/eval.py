@@ -98,7 +98,7 @@ def load_vae_run(run_dir, epoch: int | None = None, latents: str = "encoder") ->
     model = VAE(ck["arch"])
     model.load_state_dict(ck["model"])
     model.eval()
-    zpath = rd.path / (f"z.{epoch}.npy" if latents == "encoder" else f"z.{epoch}.refined.npy")
+    zpath = rd.path / f"z.{epoch}.npy" if latents == "encoder" else rd.refined_latents_path(epoch)
     if latents == "refined" and not rd.is_complete(zpath):
         raise InputError(zpath, f"no complete refined latents for epoch {epoch}: run `cryo-napari refine-z "
                                 f"{rd.path} --epoch {epoch}` first")

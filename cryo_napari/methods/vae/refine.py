@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from cryo_napari.errors import InputError
-from cryo_napari.jobs.protocol import Artifact, Job, Log, Progress
+from cryo_napari.jobs.protocol import Job, Log, Progress
 
 
 def slice_terms(model, batch: dict, planes: torch.Tensor, inv_var: torch.Tensor):
@@ -68,7 +68,7 @@ def noise_per_shell(model, data, z: np.ndarray, planes: torch.Tensor, n_noise: i
         _, _, _, G, y = slice_terms(model, batch, planes, ones)
         w = model.decoder.weights(torch.as_tensor(z[batch["ind"]]))
         res = y - torch.einsum("bmn,bn->bm", G, w.to(G.real.dtype).to(G.dtype))
-        acc += torch.zeros(n_sh, dtype=torch.float64).index_add_(0, shell, res.abs().square().sum(0).double())
+        acc.index_add_(0, shell, res.abs().square().sum(0).double())
     var = acc / (cnt * n).clamp_min(1)
     var = torch.where(var > 0, var, var[var > 0].mean() if (var > 0).any() else torch.tensor(1.0, dtype=var.dtype))
     return var[shell].float()
@@ -93,6 +93,8 @@ def refine_latents_job(run, data, n_candidates: int = 1024, seed: int = 0, batch
                                    f"the mixing weights); this run's decoder is {run.config.get('decoder', 'mlp')!r}")
     if data.N != len(run.z):
         raise InputError(run.path, f"the run has {len(run.z)} latents but its particles now read as {data.N} images")
+    if box is not None and (box % 2 or box < 8 or box > data.D):
+        raise InputError("--box", f"working box {box} must be even, ≥ 8 and ≤ the training box {data.D}")
     t0 = time.perf_counter()
     model.eval()
     model.lattice_k = data.lattice.k
@@ -109,8 +111,6 @@ def refine_latents_job(run, data, n_candidates: int = 1024, seed: int = 0, batch
         var = noise_per_shell(model, data, z, planes, n_noise, batch_size)
         inv_var = 1.0 / var
         if box is not None:  # compare only |k| < box/2 cycles per training box (a working box, as --box of maps)
-            if box % 2 or box < 8 or box > data.D:
-                raise InputError("--box", f"working box {box} must be even, ≥ 8 and ≤ the training box {data.D}")
             inv_var = torch.where(data.lattice.radius < box / 2, inv_var, torch.zeros((), dtype=inv_var.dtype))
         out = np.empty_like(z)
         ent_sum, maxp, shift = 0.0, [], []
@@ -136,42 +136,23 @@ def refine_latents_job(run, data, n_candidates: int = 1024, seed: int = 0, batch
             "median_shift": float(np.median(np.concatenate(shift))), "seconds": time.perf_counter() - t0}
 
 
-def refine_run_job(run_dir, epoch: int | None = None, n_candidates: int = 1024, seed: int = 0,
-                   batch_size: int = 256, box: int | None = None) -> Job:
-    """Job: refine the latents of a ``train-vae --decoder basis`` run at ``epoch`` (default: the
-    latest complete one) and write, atomically with completeness markers, ``RUN/z.<epoch>.refined.npy``
-    (N×zdim float32, input particle order; read back with ``load_vae_run(..., latents="refined")``
-    and the analysis commands' ``--refined``) and ``RUN/refine_z.<epoch>.json`` (the summary numbers).
-    Returns the summary dict with the two paths."""
-    import json
-
-    from cryo_napari.jobs.atomic import save_npy_atomic, write_text_atomic
-    from cryo_napari.jobs.rundir import RunDir
-    from cryo_napari.methods.vae.eval import load_vae_run
+def basis_refine_job(run, n_candidates: int = 1024, seed: int = 0, batch_size: int = 256,
+                     box: int | None = None) -> Job:
+    """Job: read the particles of ``run`` (a :class:`~cryo_napari.methods.vae.eval.VAERun` of a
+    ``train-vae --decoder basis`` run) normalised exactly as in training, and refine their latents
+    (:func:`refine_latents_job`; the caller writes them, :mod:`cryo_napari.methods.refine_run`)."""
     from cryo_napari.methods.vae.train import load_data_for
 
-    run = load_vae_run(run_dir, epoch)
     if run.config.get("decoder", "mlp") != "basis":  # before reading any particle
         raise InputError(run.path, f"refine-z needs a run trained with --decoder basis; this run's decoder is "
                                    f"{run.config.get('decoder', 'mlp')!r}")
     data = load_data_for(run.config)
     yield from data.prepare()
-    if run.norm > 0 and abs(data.norm / run.norm - 1) > 1e-4:  # normalise exactly as in training
+    if run.norm > 0 and abs(data.norm / run.norm - 1) > 1e-4:
         if data.values is not None:
             data.values *= data.norm / run.norm
         data.norm = run.norm
-    res = yield from refine_latents_job(run, data, n_candidates, seed, batch_size, box=box)
-    rd = RunDir(run.path)
-    zpath = rd.path / f"z.{run.epoch}.refined.npy"
-    save_npy_atomic(zpath, res.pop("z"))
-    rd.mark_complete(zpath, run.epoch)
-    jpath = rd.path / f"refine_z.{run.epoch}.json"
-    summary = {"epoch": run.epoch, "method": "basis", **res}
-    write_text_atomic(jpath, json.dumps(summary, indent=1))
-    yield Artifact("latents", zpath)
-    yield Log("info", f"refined latents of epoch {run.epoch}: {zpath} ({res['seconds']:.1f} s, posterior over "
-                      f"{res['n_candidates']} candidates, effective {res['effective_candidates']:.0f})")
-    return {**summary, "z_path": str(zpath), "summary_path": str(jpath)}
+    return (yield from refine_latents_job(run, data, n_candidates, seed, batch_size, box=box))
 
 
 def _per_shell(var_points: torch.Tensor, lattice) -> np.ndarray:
@@ -181,4 +162,4 @@ def _per_shell(var_points: torch.Tensor, lattice) -> np.ndarray:
     return out
 
 
-__all__ = ["refine_run_job", "refine_latents_job", "noise_per_shell", "slice_terms"]
+__all__ = ["basis_refine_job", "refine_latents_job", "noise_per_shell", "slice_terms"]
