@@ -110,6 +110,56 @@ def test_train_checkpoints_resume_generate_and_reconstruct(flexdata, tmp_path):
     assert table.shape == (D // 2 + 1, 4) and table[1, 2] > 0.5 and table[1, 3] > 0.5
     assert (rec / "fsc.png").stat().st_size > 1000
 
+    # --refined: the latents refine-z wrote; before refine-z the error names the command
+    rr = tmp_path / "rec_refined"
+    rec_args = ["flex", "reconstruct", str(run), "--prep", str(out / "prep"), "-o", str(rr), "--iters", "3",
+                "--max-particles", "80", "--refined"]
+    assert cli(rec_args) == 2 and not (rr / "flex_map.mrc").exists()
+    assert cli(["refine-z", str(run), "--centres", "8"]) == 0
+    assert cli(rec_args) == 0
+    assert not np.allclose(read_mrc(rr / "flex_map.mrc")[0], read_mrc(rec / "flex_map.mrc")[0])
+    np.testing.assert_allclose(read_mrc(rr / "rigid_map.mrc")[0], read_mrc(rec / "rigid_map.mrc")[0], atol=1e-5)
+    assert cli(["flex", "generate", str(run), "-o", str(tmp_path / "gr"), "--frames", "3", "--refined"]) == 0
+    zr = np.load(run / "z.3.refined.npy")
+    lat = np.array(json.loads((tmp_path / "gr" / "axis1" / "series.json").read_text())["latents"])
+    np.testing.assert_allclose(lat[-1, 0], np.percentile(np.abs(zr[:, 0]), 98), rtol=1e-5)
+
+
+def test_latent_analysis_commands_open_flex_runs(flexdata, tmp_path):
+    """eval-vol, filter and analyze take a flex run like a VAE run: maps are the convected canonical
+    map, and a selection maps back through PREP's indices to the source .star."""
+    out, paths = flexdata
+    run = tmp_path / "run"
+    assert cli(["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(run), *TINY,
+                "--epochs", "1"]) == 0
+    from cryo_napari.io.particles import load_particles
+    from cryo_napari.methods.flex.train import load_trained
+
+    model, _, _ = load_trained(run)
+    assert cli(["eval-vol", str(run), "--z", "0", "0", "0.8", "0", "-o", str(tmp_path / "ev")]) == 0
+    v0, apix = read_mrc(tmp_path / "ev" / "vol_000.mrc")
+    np.testing.assert_allclose(v0, model.V.detach().numpy(), atol=1e-5)  # zero latent: the canonical map
+    np.testing.assert_allclose(apix, 6.0, rtol=1e-5)
+    assert not np.allclose(read_mrc(tmp_path / "ev" / "vol_001.mrc")[0], v0)
+    assert cli(["eval-vol", str(run), "--z", "0", "0", "-D", "8", "-o", str(tmp_path / "ev8")]) == 0
+    v8, apix8 = read_mrc(tmp_path / "ev8" / "vol_000.mrc")
+    assert v8.shape == (8, 8, 8) and abs(apix8 - 12.0) < 1e-4
+
+    z = np.load(run / "z.1.npy")
+    assert cli(["filter", str(run), "--zscore", "1.0", "-o", str(tmp_path / "flt")]) == 0
+    pos = np.load(tmp_path / "flt" / "indices_in_run.npy")
+    assert 0 < len(pos) < N
+    rows = np.load(out / "prep" / "indices.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "flt" / "indices.npy"), rows[pos])
+    sub, src = load_particles(tmp_path / "flt" / "particles.star"), load_particles(paths["star"])
+    np.testing.assert_allclose(sub.rotations, src.rotations[rows[pos]], atol=1e-5)
+    assert len(z) == N
+
+    assert cli(["analyze", str(run), "--skip-umap", "--ksample", "3", "--pc", "1", "--pc-points", "3",
+                "-D", "8", "-o", str(tmp_path / "an")]) == 0
+    assert len(list((tmp_path / "an").rglob("*.mrc"))) >= 3
+    assert cli(["analyze", str(run), "--refined", "--skip-umap", "-o", str(tmp_path / "an2")]) == 2
+
 
 def test_hand_built_mesh_dict_in_the_schema_trains(flexdata, tmp_path):
     """A custom mesh: one cube of 5 tetrahedra (not our 6-split) covering the central region."""

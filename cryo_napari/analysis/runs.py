@@ -3,12 +3,13 @@
 Dispatch (first match wins):
 
 * a directory with ``config.yaml`` whose ``kind`` is ``train-vae``/``vae`` → our VAE
-  (:func:`cryo_napari.methods.vae.eval.load_vae_run`);
+  (:func:`cryo_napari.methods.vae.eval.load_vae_run`); ``flex-train`` → a 3D Flex run
+  (:func:`cryo_napari.methods.flex.run.load_flex_run`, maps convected from the canonical map);
 * a cryoDRGN run directory (``config.yaml`` with ``lattice_args``/``model_args`` and
   ``weights*.pkl``) → :func:`cryo_napari.analysis.cryodrgn_run.load_cryodrgn_run`;
 * a latent file (``.npy`` / ``.pkl`` of shape (N, zdim)) → :class:`LatentOnly` (no decoder);
-* other run kinds (e.g. 3D Flex) register a loader in :data:`RUN_LOADERS` (``kind`` → function
-  ``(path, epoch) -> run``); this is the extension point.
+* other run kinds register a loader in :data:`RUN_LOADERS` (``kind`` → function
+  ``(path, epoch, latents="encoder") -> run``); this is the extension point.
 
 Every returned object has ``z`` (N, zdim) float32, ``epoch``, ``zdim``, ``D``, ``apix``,
 ``config`` (dict), ``particles`` (path or None), ``ind`` (path or None), ``path`` and
@@ -32,8 +33,14 @@ def _load_vae(path, epoch, latents="encoder"):
     return load_vae_run(path, epoch, latents)
 
 
-#: config.yaml ``kind`` → loader ``(run_dir, epoch) -> run``. Add new methods here.
-RUN_LOADERS: dict[str, Callable] = {"train-vae": _load_vae, "vae": _load_vae}
+def _load_flex(path, epoch, latents="encoder"):
+    from cryo_napari.methods.flex.run import load_flex_run
+
+    return load_flex_run(path, epoch, latents)
+
+
+#: config.yaml ``kind`` → loader ``(run_dir, epoch, latents="encoder") -> run``. Add new methods here.
+RUN_LOADERS: dict[str, Callable] = {"train-vae": _load_vae, "vae": _load_vae, "flex-train": _load_flex}
 
 
 @dataclass
@@ -133,7 +140,7 @@ def load_latent_run(path, epoch: int | None = None, apix: float | None = None, r
         run.latents = "refined"
         return run
     if refined:
-        if kind not in ("train-vae", "vae"):
+        if kind not in RUN_LOADERS:
             raise InputError(path, "refined latents (--refined) exist only for train-vae, flex and cryoDRGN runs "
                                    "(cryo-napari refine-z)")
         run = RUN_LOADERS[kind](path, epoch, "refined")

@@ -16,7 +16,7 @@ from cryo_napari.jobs.protocol import run_in_terminal
 
 
 def add_args(p):
-    p.add_argument("run", help="run directory (train-vae or cryoDRGN) or a z.npy / z.pkl file")
+    p.add_argument("run", help="run directory (train-vae, flex train or cryoDRGN) or a z.npy / z.pkl file")
     p.add_argument("--epoch", type=int, help="epoch (default: the latest complete one)")
     p.add_argument("--refined", action="store_true",
                    help="use the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")

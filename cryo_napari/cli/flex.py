@@ -84,6 +84,8 @@ def add_args(p):
     s.add_argument("--path", help="(F, K) latents (.npy) instead of the axes")
     s.add_argument("--map", help="high-resolution map to deform instead of the canonical map")
     s.add_argument("--epoch", type=int, help="checkpoint epoch (default: latest complete)")
+    s.add_argument("--refined", action="store_true",
+                   help="span the axes by the latents `cryo-napari refine-z` wrote (z.N.refined.npy)")
 
     s = sub.add_parser("reconstruct", help="flex and rigid half-map reconstructions (3DFlex Reconstruction)")
     s.add_argument("run", help="RUN directory from 'flex train'")
@@ -94,6 +96,8 @@ def add_args(p):
     s.add_argument("--batch", type=int, default=64)
     s.add_argument("--epoch", type=int, help="checkpoint epoch (default: latest complete)")
     s.add_argument("--max-particles", type=int, help="use only the first N particles")
+    s.add_argument("--refined", action="store_true",
+                   help="deform by the latents `cryo-napari refine-z` wrote (z.N.refined.npy) instead of the encoder's")
 
 
 def _mesh_job(args):
@@ -160,12 +164,12 @@ def make_job(args):
     if cmd == "generate":
         from cryo_napari.methods.flex.generate import flex_generate_job
 
-        return flex_generate_job(args.run, args.outdir, args.frames, args.path, args.map, args.epoch)
+        return flex_generate_job(args.run, args.outdir, args.frames, args.path, args.map, args.epoch, args.refined)
     if cmd == "reconstruct":
         from cryo_napari.methods.flex.reconstruct import flex_reconstruct_job
 
         return flex_reconstruct_job(args.run, args.prep, args.outdir, args.iters, args.lam, args.batch, args.epoch,
-                                    args.max_particles)
+                                    args.max_particles, args.refined)
     raise ValueError(f"unknown flex step {cmd!r} (expected one of {', '.join(SUBCOMMANDS)})")
 
 

@@ -66,9 +66,10 @@ def generate_series(model: FlexModel, mesh: TetraMesh, latents: np.ndarray, vol:
     return out
 
 
-def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch: int | None = None) -> Job:
+def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch: int | None = None,
+                      refined: bool = False) -> Job:
     """Write volume series (module docstring). Returns {"series": [paths of series.npy], "epoch"}."""
-    from cryo_napari.methods.flex.train import load_trained
+    from cryo_napari.methods.flex.train import load_latents, load_trained
 
     model, cfg, step = load_trained(run, epoch)
     mesh = TetraMesh.from_pickle(cfg["mesh"])
@@ -80,8 +81,7 @@ def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch
         vol, apix = read_mrc(highres)
         if vol.ndim != 3 or len(set(vol.shape)) != 1 or vol.shape[0] % 2:
             raise InputError(highres, f"expected a cubic map with an even box, got {vol.shape}")
-    zfile = Path(run) / f"z.{step}.npy"
-    z = np.load(zfile)
+    z = load_latents(run, step, refined)  # the axes span the data (98th percentile)
     if path is not None:
         lat = np.load(path) if isinstance(path, (str, Path)) else np.asarray(path)
         lat = np.atleast_2d(np.asarray(lat, np.float32))

@@ -69,10 +69,11 @@ def solve_map(images, rot, shifts, ctf, flows, D: int, sigma: float, iters: int 
 
 
 def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, batch: int = 64,
-                         epoch: int | None = None, max_particles: int | None = None) -> Job:
-    """Flex and rigid half-map reconstructions at the full box (module docstring)."""
+                         epoch: int | None = None, max_particles: int | None = None, refined: bool = False) -> Job:
+    """Flex and rigid half-map reconstructions at the full box (module docstring); ``refined`` uses the
+    latents ``cryo-napari refine-z`` wrote instead of the encoder's."""
     from cryo_napari.methods.backproject import plot_fsc
-    from cryo_napari.methods.flex.train import load_trained
+    from cryo_napari.methods.flex.train import load_latents, load_trained
 
     model, cfg, step = load_trained(run, epoch)
     mesh = TetraMesh.from_pickle(cfg["mesh"])
@@ -80,7 +81,7 @@ def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, bat
     rows = np.load(Path(prep) / "indices.npy")
     pdata = load_particles(info["source_particles"], datadir=info.get("datadir"), poses=info.get("poses"),
                            ctf=info.get("ctf"), require_poses=True)
-    z = np.load(Path(run) / f"z.{step}.npy")
+    z = load_latents(run, step, refined)
     if len(z) != len(rows):
         raise ValueError(f"{len(z)} latents but {len(rows)} particles in {prep}")
     sel = np.arange(len(rows)) if not max_particles else np.arange(min(max_particles, len(rows)))

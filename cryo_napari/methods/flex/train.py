@@ -268,3 +268,14 @@ def load_trained(run, epoch: int | None = None):
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, step
+
+
+def load_latents(run, step: int, refined: bool = False) -> np.ndarray:
+    """Latents (N, K) of epoch ``step`` in PREP particle order: the encoder's ``z.N.npy``, or with
+    ``refined`` the ``z.N.refined.npy`` that ``cryo-napari refine-z`` wrote. Only complete files."""
+    rd = RunDir(run)
+    path = rd.refined_latents_path(step) if refined else rd.path / f"z.{step}.npy"
+    if not rd.is_complete(path):
+        hint = f": run `cryo-napari refine-z {rd.path} --epoch {step}` first" if refined else ""
+        raise InputError(path, f"no complete {'refined ' if refined else ''}latents for epoch {step}{hint}")
+    return np.load(path)
