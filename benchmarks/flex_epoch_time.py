@@ -58,7 +58,7 @@ def main(argv=None):
         z = model.z_of(ii)
         disp = model.displacements(z + 0.15 * torch.randn_like(z))
         loss = (image_loss(model, y, R, ctf, disp, 1.0, kmask) + latent_prior(z, 20.0)).mean() \
-            + 2.0 * model.rigidity_penalty(disp).mean()
+            + 0.1 * model.rigidity_penalty(disp).mean()
         for o in opts.values():
             o.zero_grad()
         loss.backward()

@@ -73,7 +73,9 @@ def add_args(p):
                    help="latent noise injection (default 0.05; cryoSPARC uses 0.15)")
     s.add_argument("--center-lam", type=float, default=1.0,
                    help="latent-centering prior strength (default 1; cryoSPARC uses 20)")
-    s.add_argument("--rigidity", type=float, default=2.0, help="rigidity prior strength (default 2)")
+    s.add_argument("--rigidity", type=float, default=0.1,
+                   help="rigidity prior strength λ (default 0.1; cryoSPARC uses 2; the prior sums over "
+                        "tetrahedra, so a finer mesh weighs it more)")
     s.add_argument("--load", help="'latest' or a weights.N.pt to resume from")
     s.add_argument("--seed", type=int, default=0)
 

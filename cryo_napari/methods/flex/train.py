@@ -8,9 +8,10 @@ Per batch of particles (images Y, poses R, CTF, latents z)::
 with latent noise ``z + noise·ε`` during training. Latents come from an image encoder
 (``latent="encoder"``, the default; Adam, ``lr_enc``) or are auto-decoded (``latent="autodecode"``;
 SparseAdam, ``lr_z``). Adam for the generator (``lr``) and for the canonical map (``lr_map`` × std
-of the initial map, per step). Defaults (``noise`` 0.05, ``center_lam`` 1, ``lr`` 5e-3, encoder)
-were chosen by measurement on simulated hinges (docs/flex.md); cryoSPARC's 0.15 / 20 kept the
-latent from learning the motion there. Over ``epochs`` the learning rates anneal
+of the initial map, per step). Defaults (``noise`` 0.05, ``center_lam`` 1, ``rigidity`` 0.1, ``lr`` 5e-3,
+encoder) were chosen by measurement on simulated hinges (docs/flex.md); cryoSPARC's 0.15 / 20 / 2
+kept the latent from learning the motion there (the rigidity sum grows with the number of
+tetrahedra, and our data term is a per-particle Gaussian log-likelihood). Over ``epochs`` the learning rates anneal
 (cosine to 10 %) and the loss band ``k_max`` grows linearly from ``k_start`` (0.5) to 0.8 ×
 Nyquist of the training box; ``extra_epochs`` continue at the final settings.
 
@@ -41,7 +42,7 @@ from cryo_napari.methods.flex.prep import read_prep
 
 KIND = "flex-train"
 DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=5e-3,
-                lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.05, center_lam=1.0, rigidity=2.0,
+                lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.05, center_lam=1.0, rigidity=0.1,
                 k_start=0.5, k_final=0.8, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128, enc_box=0)
 LATENT_MODES = ("encoder", "autodecode")
 
