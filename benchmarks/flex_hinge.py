@@ -136,6 +136,21 @@ def main(argv=None):
                    for f in range(len(maps))])
     ok = np.isfinite(zf[:, 0])
     gen = generate_series(model, mesh, zf[ok].astype(np.float32))
+    # how far the flow moves mesh vertices between the first and last frame's latents, in voxels of the
+    # training box: in the region the domain sweeps (dilated 3 voxels) and in the static part (> 10
+    # voxels from it), where the truth does not move at all
+    import torch
+
+    from cryo_napari.methods.flex.model import mesh_points_in_box
+
+    swept = moved_dmask.max(0) > 0.1
+    ijk = np.clip(np.rint(mesh_points_in_box(mesh, model.D)[:, ::-1]).astype(int), 0, model.D - 1)
+    in_swept = ndimage.binary_dilation(swept, iterations=3)[tuple(ijk.T)]
+    in_static = ~ndimage.binary_dilation(swept, iterations=10)[tuple(ijk.T)]
+    ends = [f for f in (0, len(maps) - 1) if ok[f]]
+    with torch.no_grad():
+        d = model.displacements(torch.as_tensor(zf[ends].astype(np.float32))).numpy()
+    move = np.linalg.norm(d[-1] - d[0], axis=1) if len(ends) == 2 else np.full(len(ijk), np.nan)
     canonical = model.V.detach().numpy()
     # "domain" masks: the frame-0 domain dilated (fixed; used up to 2026-12-01), and the domain where it
     # is in each frame (moved with it; the fixed mask scores a 60° swing partly on vacated solvent and
@@ -162,6 +177,10 @@ def main(argv=None):
     rep = {
         "args": vars(a), "times_s": times, "epoch": ep, "ceiling": ceiling,
         "spearman_per_dim": rho, "abs_spearman_best": abs(rho[best]),
+        "vertex_move_first_to_last_frame_vox": {
+            "swept_mean": float(move[in_swept].mean()), "swept_max": float(move[in_swept].max()),
+            "static_mean": float(move[in_static].mean()), "static_max": float(move[in_static].max()),
+            "n_swept": int(in_swept.sum()), "n_static": int(in_static.sum())},
         "frame_of_zero_latent": f0, "angle_of_zero_latent": float(angles[f0]),
         "generated_vs_truth_domain_fsc_mean": {k: float(np.mean([g[k] for g in gen_fsc])) for k in ("low", "high")},
         "canonical_vs_truth_domain_fsc_mean": {k: float(np.mean([g[k] for g in can_fsc])) for k in ("low", "high")},
