@@ -58,8 +58,7 @@ def main(argv=None):
 
     from cryo_napari.cli.main import main as cli
     from cryo_napari.io.mrc import read_mrc, write_mrc
-    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_motion_series, hinge_axis, rotate_about,
-                                                    synthetic_map)
+    from cryo_napari.simulate.heterogeneity import domain_mask_series, domain_motion_series, synthetic_map
     from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
 
     out = Path(a.out)
@@ -75,8 +74,7 @@ def main(argv=None):
 
         vol = fourier_crop_3d(torch.as_tensor(read_mrc(a.map)[0]), a.D).numpy()
     maps, angles, dmask = domain_motion_series(vol, 20, a.angle)
-    _, centre, pivot = domain_mask(vol)
-    moved_dmask = np.stack([rotate_about(dmask, hinge_axis(centre, pivot), ang, pivot) for ang in angles])
+    moved_dmask = domain_mask_series(vol, angles)
     paths = simulate_dataset(maps, out / "sim", SimulationParams(n_particles=a.n, snr=a.snr, apix=a.apix,
                                                                            seed=1 if a.seed is None else a.seed),
                              extra_truth={"trajectory_angle_deg": angles})

@@ -31,16 +31,16 @@ def main(argv=None):
 
     from cryo_napari.geometry.fsc import fsc
     from cryo_napari.methods.flex.model import convect
-    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_motion_series, hinge_axis, rotate_about,
-                                                    synthetic_map)
+    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_mask_series, domain_motion_series,
+                                                    hinge_axis, synthetic_map)
 
     D = a.D
     vol = synthetic_map(D, seed=3)
-    maps, angles, dmask = domain_motion_series(vol, 20, a.angle)
+    maps, angles, _ = domain_motion_series(vol, 20, a.angle)
     _, centre, pivot = domain_mask(vol)
     axis = hinge_axis(centre, pivot)
     pivot = np.asarray(pivot, float)
-    moved = np.stack([rotate_about(dmask, axis, ang, pivot) for ang in angles])
+    moved = domain_mask_series(vol, angles)
     k = np.arange(D, dtype=np.float64)
     zz, yy, xx = np.meshgrid(k, k, k, indexing="ij")
     r = np.stack([xx, yy, zz], -1) - pivot

@@ -137,3 +137,18 @@ def test_snr_definitions(small_map):
     assert 3 < r < 16
     _, sigma_particle = add_noise(clean, 0.1, 0, r)
     assert sigma_particle > sigma_box  # signal is denser inside the particle's disc
+
+
+def test_domain_mask_series_follows_the_moving_domain():
+    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_mask_series, domain_motion_series,
+                                                    synthetic_map)
+
+    vol = synthetic_map(24, seed=3)
+    maps, angles, mask = domain_motion_series(vol, 3, 40.0)
+    moved = domain_mask_series(vol, angles)
+    assert moved.shape == maps.shape
+    np.testing.assert_allclose(moved[0], domain_mask(vol)[0], atol=1e-5)  # angle 0: the mask itself
+    # the domain's density at 40° lies inside the moved mask far more than inside the unmoved one
+    dom40 = maps[-1] - vol * (1 - mask)
+    inside = lambda m: float((dom40 * (m > 0.5)).sum() / dom40.sum())  # noqa: E731
+    assert inside(moved[-1]) > 0.8 and inside(moved[-1]) > inside(mask) + 0.1

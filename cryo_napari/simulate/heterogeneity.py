@@ -111,6 +111,13 @@ def domain_motion_series(vol: np.ndarray, n_frames: int = 20, max_angle_deg: flo
     return rigid_domain_motion(vol, mask, pivot, hinge_axis(centre, pivot), angles), angles, mask
 
 
+def domain_mask_series(vol: np.ndarray, angles_deg) -> np.ndarray:
+    """The domain mask of :func:`domain_motion_series` moved with the domain to each angle (K, D, D, D)."""
+    mask, centre, pivot = domain_mask(vol)
+    axis = hinge_axis(centre, pivot)
+    return np.stack([rotate_about(mask, axis, a, pivot) for a in angles_deg])
+
+
 def discrete_states(vol: np.ndarray, angle_deg: float = 25.0, radius_frac: float = 0.22):
     """Three states: the map, the domain swung by ``angle_deg``, and the map without the domain
     (``radius_frac``: the domain sphere's radius as a fraction of the box, :func:`domain_mask`).

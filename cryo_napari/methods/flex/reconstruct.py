@@ -127,7 +127,8 @@ def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, bat
     write_text_atomic(out / "fsc.txt", "\n".join(lines) + "\n")
     res = {k: resolution_at(c, D, apix, 0.143) for k, c in curves.items()}
     plot_fsc(out / "fsc.png", freqs, {f"flex ({res['flex']:.1f} Å)": curves["flex"],
-                                      f"rigid ({res['rigid']:.1f} Å)": curves["rigid"]}, title="half-map FSC (flex halves share the flow: optimistic)")
+                                      f"rigid ({res['rigid']:.1f} Å)": curves["rigid"]},
+             title="half-map FSC (flex halves share the flow: optimistic)")
     yield Artifact("plot", out / "fsc.png")
     yield Log("info", f"half-map FSC 0.143: flex {res['flex']:.2f} Å, rigid {res['rigid']:.2f} Å (the flex halves "
                       "share the flow trained on all particles, so the flex figure reads optimistic)")
