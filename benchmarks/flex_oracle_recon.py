@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from flex_hinge import masked_fsc, summary
+from flex_hinge import domain_only_fsc, masked_fsc, summary
 
 
 def oracle_latents(z: np.ndarray, states: np.ndarray, n_frames: int) -> np.ndarray:
@@ -36,20 +36,122 @@ def oracle_latents(z: np.ndarray, states: np.ndarray, n_frames: int) -> np.ndarr
     return zf[states].astype(np.float32)
 
 
+def oracle_reconstruction(b: Path, ep: int, states: np.ndarray, n_frames: int, iters: int,
+                          n_max: int | None) -> float:
+    """``flex reconstruct --refined`` on a copy of the run (``b/run_oracle``) whose refined latents are
+    the oracle latents; writes ``b/recon_oracle``. Returns the seconds it took."""
+    from cryo_napari.cli.main import main as cli
+    from cryo_napari.jobs.atomic import save_npy_atomic
+    from cryo_napari.jobs.rundir import RunDir
+    from cryo_napari.methods.flex.train import load_latents
+
+    run_o = b / "run_oracle"
+    if run_o.exists():
+        shutil.rmtree(run_o)
+    shutil.copytree(b / "run", run_o)
+    rd = RunDir(run_o)
+    zo = oracle_latents(load_latents(run_o, ep), states, n_frames)
+    save_npy_atomic(rd.refined_latents_path(ep), zo)
+    rd.mark_complete(rd.refined_latents_path(ep), ep)
+    t = time.time()
+    rec = ["flex", "reconstruct", str(run_o), "--prep", str(b / "prep"), "-o", str(b / "recon_oracle"),
+           "--iters", str(iters), "--refined"]
+    if n_max:
+        rec += ["--max-particles", str(n_max)]
+    assert cli(rec) == 0
+    return time.time() - t
+
+
+def true_flows(vol: np.ndarray, angles: np.ndarray, f0: int) -> np.ndarray:
+    """Ground-truth backward flows (K, 3, D, D, D), xyz components in voxels, [z, y, x] indices, that
+    take the true frame ``f0`` to each frame ``k`` by ``V_k(x) = V_f0(x − u_k(x))``: inside frame
+    k's (soft) domain mask ``u_k(x) = (x − p) − R(a_f0) R(a_k)ᵀ (x − p)``, zero elsewhere
+    (:func:`~cryo_napari.simulate.heterogeneity.rotate_about` conventions)."""
+    from scipy.spatial.transform import Rotation
+
+    from cryo_napari.simulate.heterogeneity import domain_mask, domain_mask_series, hinge_axis
+
+    _, centre, pivot = domain_mask(vol)
+    axis = hinge_axis(centre, pivot)
+    masks = domain_mask_series(vol, angles)
+    D = vol.shape[-1]
+    k = np.arange(D, dtype=np.float64)
+    Z, Y, X = np.meshgrid(k, k, k, indexing="ij")
+    xp = np.stack([X, Y, Z], -1) - pivot  # (D, D, D, 3) xyz relative to the pivot
+
+    def rot(a):
+        return Rotation.from_rotvec(np.deg2rad(a) * axis).as_matrix()
+
+    out = np.empty((len(angles), 3, D, D, D), np.float32)
+    for i, a in enumerate(angles):
+        M = rot(angles[f0]) @ rot(a).T
+        u = xp - xp @ M.T
+        out[i] = np.moveaxis(u * masks[i][..., None], -1, 0)
+    return out
+
+
+def reconstruct_with_flows(bench: Path, flows_of_state: np.ndarray, states: np.ndarray, iters: int,
+                           n_max: int | None, out: Path) -> np.ndarray:
+    """Half-map solves of ``flex reconstruct`` (same data, support, regularisation) with each particle's
+    flow taken from ``flows_of_state[state]``; writes ``out/flex_half_{1,2}.mrc`` and ``flex_map.mrc``."""
+    import torch
+
+    from cryo_napari.geometry.ctf import calculate_ctf_2d
+    from cryo_napari.io.mrc import write_mrc
+    from cryo_napari.io.particles import load_particles
+    from cryo_napari.methods.flex.mesh import TetraMesh
+    from cryo_napari.methods.flex.model import support_mask
+    from cryo_napari.methods.flex.prep import noise_sigma, read_prep
+    from cryo_napari.methods.flex.reconstruct import solve_map
+    from cryo_napari.methods.flex.train import load_trained
+
+    _, cfg, _ = load_trained(bench / "run")
+    mesh = TetraMesh.from_pickle(cfg["mesh"])
+    prep = bench / "prep"
+    info = read_prep(prep)
+    rows = np.load(prep / "indices.npy")
+    sel = np.arange(len(rows) if not n_max else min(n_max, len(rows)))
+    pdata = load_particles(info["source_particles"], datadir=info.get("datadir"), poses=info.get("poses"),
+                           ctf=info.get("ctf"), require_poses=True).subset(rows[sel])
+    half = load_particles(prep / "particles.star", with_images=False).half[sel]
+    st = states[sel]
+    D, apix = pdata.D, float(np.median(pdata.apix))
+    images = torch.as_tensor(pdata.read_images()) * (-1.0 if info.get("uninvert") else 1.0)
+    rot = torch.as_tensor(pdata.rotations, dtype=torch.float32)
+    shifts = torch.as_tensor(pdata.shifts_px, dtype=torch.float32)
+    ctf = calculate_ctf_2d(pdata.ctf.as_tensor(), D, pdata.apix)
+    sigma = noise_sigma(images.numpy())
+    F = torch.as_tensor(flows_of_state)
+    support = support_mask(mesh, D)
+    out.mkdir(parents=True, exist_ok=True)
+    halves = []
+    for h in (0, 1):
+        ii = np.nonzero(half == h)[0]
+        V, _ = solve_map(images[ii], rot[ii], shifts[ii], ctf[ii], lambda jj, ii=ii: F[st[ii[jj]]], D, sigma,
+                         iters, 1e-3, 64, support=support)
+        halves.append(V.numpy())
+        write_mrc(out / f"flex_half_{h + 1}.mrc", halves[-1], apix)
+    write_mrc(out / "flex_map.mrc", 0.5 * (halves[0] + halves[1]), apix)
+    return 0.5 * (halves[0] + halves[1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", help="an output folder of flex_hinge.py")
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--recon-particles", type=int, default=None)
     ap.add_argument("--angle", type=float, default=None, help="the hinge angle of the run (default: its report)")
+    ap.add_argument("--true-flow", action="store_true",
+                    help="also solve with the ground-truth flow (the domain's true rigid motion from the zero "
+                         "latent's frame): the best any flow model can do on this data")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep an existing OUT/recon_oracle map instead of solving again")
     a = ap.parse_args(argv)
 
-    from cryo_napari.cli.main import main as cli
     from cryo_napari.io.mrc import read_mrc
-    from cryo_napari.jobs.atomic import save_npy_atomic
-    from cryo_napari.jobs.rundir import RunDir
-    from cryo_napari.methods.flex.train import load_latents, load_trained
-    from cryo_napari.simulate.heterogeneity import domain_mask_series, domain_motion_series, synthetic_map
+    from cryo_napari.methods.flex.train import load_trained
+    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_mask_series, domain_motion_series,
+                                                   hinge_axis, rotate_about, synthetic_map)
 
     b = Path(a.bench)
     rep = json.loads((b / "report.json").read_text())
@@ -57,53 +159,58 @@ def main(argv=None):
     if args["map"] != "synthetic":
         raise SystemExit(f"{b}: only the synthetic map is supported here")
     vol = synthetic_map(args["D"], seed=3)
-    maps, angles, _ = domain_motion_series(vol, 20, a.angle if a.angle is not None else args["angle"])
+    maps, angles, dmask = domain_motion_series(vol, 20, a.angle if a.angle is not None else args["angle"])
     moved_dmask = domain_mask_series(vol, angles)
     truth = np.load(b / "sim" / "ground_truth.npz")
     rows = np.load(b / "prep" / "indices.npy")
     states = truth["states"][rows]
 
     _, _, ep = load_trained(b / "run")
-    run_o = b / "run_oracle"
-    if run_o.exists():
-        shutil.rmtree(run_o)
-    shutil.copytree(b / "run", run_o)
-    rd = RunDir(run_o)
-    z = load_latents(run_o, ep)
-    zo = oracle_latents(z, states, len(maps))
-    save_npy_atomic(rd.refined_latents_path(ep), zo)
-    rd.mark_complete(rd.refined_latents_path(ep), ep)
-    t = time.time()
-    rec = ["flex", "reconstruct", str(run_o), "--prep", str(b / "prep"), "-o", str(b / "recon_oracle"),
-           "--iters", str(a.iters), "--refined"]
-    if a.recon_particles:
-        rec += ["--max-particles", str(a.recon_particles)]
-    assert cli(rec) == 0
-    seconds = time.time() - t
+    seconds = None
+    if not (a.reuse and (b / "recon_oracle" / "flex_map.mrc").exists()):
+        seconds = oracle_reconstruction(b, ep, states, len(maps), a.iters, a.recon_particles)
 
     f0 = rep["frame_of_zero_latent"]
     ref = maps[f0]
+    recons = [("flex", b / "recon" / "flex_map.mrc"), ("oracle", b / "recon_oracle" / "flex_map.mrc"),
+              ("rigid", b / "recon" / "rigid_map.mrc")]
+    if a.true_flow:
+        t = time.time()
+        reconstruct_with_flows(b, true_flows(vol, angles, f0), states, a.iters, a.recon_particles,
+                               b / "recon_true_flow")
+        seconds_true = time.time() - t
+        recons.insert(2, ("true_flow", b / "recon_true_flow" / "flex_map.mrc"))
 
     def soft(m):
         return ndimage.gaussian_filter(m.astype(np.float32), 1.0)
 
     moved = soft(ndimage.binary_dilation(moved_dmask[f0] > 0.1, iterations=2))
     static = soft(~ndimage.binary_dilation(moved_dmask.max(0) > 0.1, iterations=2))
+    _, dcentre, dpivot = domain_mask(vol)
+    dom_truth = rotate_about(vol * dmask, hinge_axis(dcentre, dpivot), angles[f0], dpivot)
+    static_truth = vol * (1 - dmask)
     out = {"bench": str(b), "frame_of_zero_latent": f0, "reconstruct_s": seconds,
            "abs_spearman_best": rep["abs_spearman_best"]}
-    for name, path in (("flex", b / "recon" / "flex_map.mrc"), ("oracle", b / "recon_oracle" / "flex_map.mrc"),
-                       ("rigid", b / "recon" / "rigid_map.mrc")):
+    if a.true_flow:
+        out["reconstruct_true_flow_s"] = seconds_true
+    for name, path in recons:
         m = read_mrc(path)[0]
         for part, mask in (("moved_domain", moved), ("static", static), ("full", np.ones_like(ref))):
             c = masked_fsc(m, ref, mask)
             out[f"{part}_fsc_{name}"] = c.round(4).tolist()
             out[f"{part}_fsc_summary_{name}"] = summary(c)
+        c = domain_only_fsc(m, static_truth, dom_truth, moved, static)
+        out[f"domain_only_fsc_{name}"] = c.round(4).tolist()
+        out[f"domain_only_fsc_summary_{name}"] = summary(c)
     (b / "oracle_report.json").write_text(json.dumps(out, indent=1))
-    for part in ("moved_domain", "static", "full"):
-        for name in ("flex", "oracle", "rigid"):
+    def band(c, lo, hi):
+        return float(np.mean(c[lo:hi])) if len(c) > lo else float("nan")
+
+    for part in ("moved_domain", "domain_only", "static", "full"):
+        for name, _ in recons:
             c = out[f"{part}_fsc_{name}"]
-            print(f"{part:13s} {name:6s} shells 8-16 {' '.join(f'{v:.3f}' for v in c[8:17])}  "
-                  f"mean 1-16 {np.mean(c[1:17]):.3f}")
+            print(f"{part:12s} {name:9s} shells 8-16 {' '.join(f'{v:.3f}' for v in c[8:17])}  "
+                  f"mean 1-16 {band(c, 1, 17):.3f}, 8-13 {band(c, 8, 14):.3f}, 14-16 {band(c, 14, 17):.3f}")
 
 
 if __name__ == "__main__":
