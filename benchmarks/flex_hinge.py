@@ -25,29 +25,6 @@ def masked_fsc(a, b, mask):
     return fsc(a * mask, b * mask)
 
 
-def remove_static_part(m: np.ndarray, static_truth: np.ndarray, static_mask: np.ndarray) -> np.ndarray:
-    """``m`` (D, D, D) minus the true static part as ``m`` holds it: ``static_truth`` filtered by the
-    per-shell gain ``s_k = Re⟨M̂, Ŝ⟩_k / |Ŝ|²_k`` fitted on both masked by ``static_mask`` (where only
-    the static part has density). What is left is the moving part plus ``m``'s errors, its errors on
-    the static density included."""
-    D = m.shape[-1]
-    k = np.fft.fftfreq(D) * D
-    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
-    fm, fs = np.fft.fftn(m * static_mask), np.fft.fftn(static_truth * static_mask)
-    num = np.bincount(shell.ravel(), (fm * fs.conj()).real.ravel())
-    den = np.bincount(shell.ravel(), (np.abs(fs) ** 2).ravel())
-    gain = num / np.maximum(den, 1e-12 * den.max())
-    return m - np.fft.ifftn(np.fft.fftn(static_truth) * gain[shell]).real
-
-
-def domain_only_fsc(m, static_truth, domain_truth, mask, static_mask):
-    """FSC, inside ``mask``, of ``m`` without its static part (:func:`remove_static_part`) against the
-    moving domain alone (``domain_truth``: the domain's density where it is, zero elsewhere). The
-    plain masked FSC of a domain mask also scores the static density the mask takes in at the hinge,
-    which dominates at high resolution (docs/flex.md, "What the domain mask scores")."""
-    return masked_fsc(remove_static_part(m, static_truth, static_mask), domain_truth, mask)
-
-
 def summary(curve):
     """Mean FSC over shells 1 … D/4 and over D/4 … D/2 (a curve of D/2 + 1 shells)."""
     n = len(curve) - 1
@@ -81,8 +58,8 @@ def main(argv=None):
 
     from cryo_napari.cli.main import main as cli
     from cryo_napari.io.mrc import read_mrc, write_mrc
-    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_mask_series, domain_motion_series,
-                                                   hinge_axis, rotate_about, synthetic_map)
+    from cryo_napari.simulate.heterogeneity import (domain_mask_series, domain_motion_series, domain_only_fsc,
+                                                   domain_truth_parts, synthetic_map)
     from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
 
     out = Path(a.out)
@@ -197,9 +174,7 @@ def main(argv=None):
     rigid_map, _ = read_mrc(out / "recon" / "rigid_map.mrc")
     ref = maps[f0]
     # the domain alone where it is at frame f0, and the static part alone (domain_motion_series's split)
-    _, dcentre, dpivot = domain_mask(vol)
-    dom_truth = rotate_about(vol * dmask, hinge_axis(dcentre, dpivot), angles[f0], dpivot)
-    static_truth = vol * (1 - dmask)
+    dom_truth, static_truth = domain_truth_parts(vol, angles[f0])
     rep = {
         "args": vars(a), "times_s": times, "epoch": ep, "ceiling": ceiling,
         "spearman_per_dim": rho, "abs_spearman_best": abs(rho[best]),

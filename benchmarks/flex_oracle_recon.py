@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from flex_hinge import domain_only_fsc, masked_fsc, summary
+from flex_hinge import masked_fsc, summary
 
 
 def oracle_latents(z: np.ndarray, states: np.ndarray, n_frames: int) -> np.ndarray:
@@ -150,8 +150,8 @@ def main(argv=None):
 
     from cryo_napari.io.mrc import read_mrc
     from cryo_napari.methods.flex.train import load_trained
-    from cryo_napari.simulate.heterogeneity import (domain_mask, domain_mask_series, domain_motion_series,
-                                                   hinge_axis, rotate_about, synthetic_map)
+    from cryo_napari.simulate.heterogeneity import (domain_mask_series, domain_motion_series, domain_only_fsc,
+                                                   domain_truth_parts, synthetic_map)
 
     b = Path(a.bench)
     rep = json.loads((b / "report.json").read_text())
@@ -159,7 +159,7 @@ def main(argv=None):
     if args["map"] != "synthetic":
         raise SystemExit(f"{b}: only the synthetic map is supported here")
     vol = synthetic_map(args["D"], seed=3)
-    maps, angles, dmask = domain_motion_series(vol, 20, a.angle if a.angle is not None else args["angle"])
+    maps, angles, _ = domain_motion_series(vol, 20, a.angle if a.angle is not None else args["angle"])
     moved_dmask = domain_mask_series(vol, angles)
     truth = np.load(b / "sim" / "ground_truth.npz")
     rows = np.load(b / "prep" / "indices.npy")
@@ -186,9 +186,7 @@ def main(argv=None):
 
     moved = soft(ndimage.binary_dilation(moved_dmask[f0] > 0.1, iterations=2))
     static = soft(~ndimage.binary_dilation(moved_dmask.max(0) > 0.1, iterations=2))
-    _, dcentre, dpivot = domain_mask(vol)
-    dom_truth = rotate_about(vol * dmask, hinge_axis(dcentre, dpivot), angles[f0], dpivot)
-    static_truth = vol * (1 - dmask)
+    dom_truth, static_truth = domain_truth_parts(vol, angles[f0])
     out = {"bench": str(b), "frame_of_zero_latent": f0, "reconstruct_s": seconds,
            "abs_spearman_best": rep["abs_spearman_best"]}
     if a.true_flow:

@@ -152,3 +152,37 @@ def test_domain_mask_series_follows_the_moving_domain():
     dom40 = maps[-1] - vol * (1 - mask)
     inside = lambda m: float((dom40 * (m > 0.5)).sum() / dom40.sum())  # noqa: E731
     assert inside(moved[-1]) > 0.8 and inside(moved[-1]) > inside(mask) + 0.1
+
+
+def test_domain_only_fsc_sees_the_domain_where_the_masked_fsc_sees_the_hinge():
+    from scipy import ndimage
+
+    from cryo_napari.geometry.fsc import fsc
+    from cryo_napari.simulate.heterogeneity import (domain_mask_series, domain_motion_series, domain_only_fsc,
+                                                    domain_truth_parts, remove_static_part, synthetic_map)
+
+    D, f0 = 32, 3
+    vol = synthetic_map(D, seed=3)
+    maps, angles, _ = domain_motion_series(vol, 7, -60.0)
+    dom, static = domain_truth_parts(vol, angles[f0])
+    np.testing.assert_allclose(dom + static, maps[f0], atol=1e-5)
+    moved = domain_mask_series(vol, angles)
+    soft = lambda m: ndimage.gaussian_filter(m.astype(np.float32), 1.0)  # noqa: E731
+    mask = soft(ndimage.binary_dilation(moved[f0] > 0.1, iterations=2))
+    static_mask = soft(~ndimage.binary_dilation(moved.max(0) > 0.1, iterations=2))
+    # the true static part is removed exactly from a map that holds it with unit gain
+    np.testing.assert_allclose(remove_static_part(maps[f0], static, static_mask), dom, atol=1e-4)
+    # and with any per-shell gain (a low-passed map): what is left is the low-passed domain
+    lp = lambda m: ndimage.gaussian_filter(m, 1.0, mode="wrap")  # noqa: E731
+    left = remove_static_part(lp(maps[f0]), static, static_mask)
+    assert np.corrcoef(left.ravel(), lp(dom).ravel())[0, 1] > 0.97
+
+    def high(c):  # mean over shells D/4 ... D/2
+        return float(np.mean(c[D // 4 + 1:]))
+
+    assert high(domain_only_fsc(maps[f0], static, dom, mask, static_mask)) > 0.999
+    near = high(domain_only_fsc(maps[f0 - 1], static, dom, mask, static_mask))  # 10° away
+    far = high(domain_only_fsc(maps[0], static, dom, mask, static_mask))  # 30° away
+    assert near > far + 0.3 and far < 0.35
+    # the plain masked FSC scores the far frame high: the static density inside the mask
+    assert high(fsc(maps[0] * mask, maps[f0] * mask)) > 0.55
