@@ -145,7 +145,7 @@ def main(argv=None):
                     help="also solve with the ground-truth flow (the domain's true rigid motion from the zero "
                          "latent's frame): the best any flow model can do on this data")
     ap.add_argument("--reuse", action="store_true",
-                    help="keep an existing OUT/recon_oracle map instead of solving again")
+                    help="keep existing OUT/recon_oracle and OUT/recon_true_flow maps instead of solving again")
     a = ap.parse_args(argv)
 
     from cryo_napari.io.mrc import read_mrc
@@ -174,11 +174,13 @@ def main(argv=None):
     ref = maps[f0]
     recons = [("flex", b / "recon" / "flex_map.mrc"), ("oracle", b / "recon_oracle" / "flex_map.mrc"),
               ("rigid", b / "recon" / "rigid_map.mrc")]
-    if a.true_flow:
+    seconds_true = None
+    if a.true_flow and not (a.reuse and (b / "recon_true_flow" / "flex_map.mrc").exists()):
         t = time.time()
         reconstruct_with_flows(b, true_flows(vol, angles, f0), states, a.iters, a.recon_particles,
                                b / "recon_true_flow")
         seconds_true = time.time() - t
+    if a.true_flow:
         recons.insert(2, ("true_flow", b / "recon_true_flow" / "flex_map.mrc"))
 
     def soft(m):
