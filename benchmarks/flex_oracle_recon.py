@@ -1,18 +1,20 @@
-"""Flex reconstruction with oracle latents: how much of the flex-vs-rigid gap is per-particle latent error?
+"""Flex reconstruction with oracle latents and with the true flow: where does flex fall short?
 
 Takes an output folder of ``benchmarks/flex_hinge.py`` (simulated hinge, trained run, flex and rigid
-reconstructions) and reconstructs the flex map once more with the run's own generator and canonical map
-but each particle's latent replaced by the median latent of the particles in its true frame (the
-latent the run gives that state; no particle is moved the wrong way by its own latent error). Scores
-the three maps — flex (learned latents), flex (oracle latents), rigid — in the moving domain (the mask
-moved to the zero latent's frame) and the static part against the ground truth, as ``flex_hinge.py``
-does, and writes ``OUT/oracle_report.json``.
+reconstructions) and reconstructs the flex map once more with the run's own generator and canonical
+map but each particle's latent replaced by the median latent of the particles in its true frame
+("oracle": no particle is moved the wrong way by its own latent error), and with ``--true-flow``
+once more with the ground-truth flow (the domain's true rigid motion from the zero latent's frame:
+the best any flow model can do on these particles). Scores every map against the true map at the
+zero latent's frame: in the moving domain's mask (moved there), on the domain alone
+(:func:`cryo_napari.simulate.heterogeneity.domain_only_fsc`), in the static part and over the whole
+box; writes ``OUT/oracle_report.json`` and prints a table.
 
-    OMP_NUM_THREADS=1 python benchmarks/flex_oracle_recon.py /tmp/fhm60 --iters 6 --recon-particles 3000
+    OMP_NUM_THREADS=1 python benchmarks/flex_oracle_recon.py /tmp/fhm60 --iters 6 --recon-particles 3000 --true-flow
 
-Sources of a flex loss it separates: if the oracle map beats rigid where the learned-latent map loses,
-the loss is the latents' error; if the oracle map loses too, it is the flow model (its shape or
-amplitude, the rigidity prior) or the convection operator.
+Learned → oracle is what per-particle latent error costs; oracle → true flow what the generator
+(its amplitude, its smooth shape) costs; true flow → rigid what flexible refinement can gain at all
+(docs/flex.md, "What the domain mask scores …").
 """
 
 from __future__ import annotations
