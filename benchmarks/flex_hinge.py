@@ -180,8 +180,8 @@ def main(argv=None):
     can_fsc = [summary(masked_fsc(canonical, maps[f], dom)) for f in frames]
     gen_fsc_moved = [summary(masked_fsc(g, maps[f], moved[f])) for g, f in zip(gen, frames)]
     can_fsc_moved = [summary(masked_fsc(canonical, maps[f], moved[f])) for f in frames]
-    static_truth = domain_truth_parts(vol, 0.0)[1]
-    dom_truths = {f: domain_truth_parts(vol, angles[f])[0] for f in frames}
+    # the domain alone where it is in each frame, and the static part alone (domain_motion_series's split)
+    dom_truths, static_truth = domain_truth_parts(vol, angles)
     gen_fsc_dom = [summary(domain_only_fsc(g, static_truth, dom_truths[f], moved[f], static))
                    for g, f in zip(gen, frames)]
     can_fsc_dom = [summary(domain_only_fsc(canonical, static_truth, dom_truths[f], moved[f], static)) for f in frames]
@@ -190,8 +190,6 @@ def main(argv=None):
     flex_map, _ = read_mrc(out / "recon" / "flex_map.mrc")
     rigid_map, _ = read_mrc(out / "recon" / "rigid_map.mrc")
     ref = maps[f0]
-    # the domain alone where it is at frame f0, and the static part alone (domain_motion_series's split)
-    dom_truth = dom_truths[f0] if f0 in dom_truths else domain_truth_parts(vol, angles[f0])[0]
     rep = {
         "args": vars(a), "times_s": times, "epoch": ep, "ceiling": ceiling,
         "spearman_per_dim": rho, "abs_spearman_best": abs(rho[best]),
@@ -215,9 +213,9 @@ def main(argv=None):
         "domain_fsc_rigid_vs_truth_mean_map": masked_fsc(rigid_map, truth["mean_map"], dom).round(4).tolist(),
         "moved_domain_fsc_flex_vs_truth_f0": masked_fsc(flex_map, ref, moved[f0]).round(4).tolist(),
         "moved_domain_fsc_rigid_vs_truth_f0": masked_fsc(rigid_map, ref, moved[f0]).round(4).tolist(),
-        "domain_only_fsc_flex_vs_truth_f0": domain_only_fsc(flex_map, static_truth, dom_truth, moved[f0],
+        "domain_only_fsc_flex_vs_truth_f0": domain_only_fsc(flex_map, static_truth, dom_truths[f0], moved[f0],
                                                             static).round(4).tolist(),
-        "domain_only_fsc_rigid_vs_truth_f0": domain_only_fsc(rigid_map, static_truth, dom_truth, moved[f0],
+        "domain_only_fsc_rigid_vs_truth_f0": domain_only_fsc(rigid_map, static_truth, dom_truths[f0], moved[f0],
                                                              static).round(4).tolist(),
         "static_fsc_flex_vs_truth_f0": masked_fsc(flex_map, ref, static).round(4).tolist(),
         "static_fsc_rigid_vs_truth_f0": masked_fsc(rigid_map, ref, static).round(4).tolist(),

@@ -98,31 +98,18 @@ def reconstruct_with_flows(bench: Path, flows_of_state: np.ndarray, states: np.n
     flow taken from ``flows_of_state[state]``; writes ``out/flex_half_{1,2}.mrc`` and ``flex_map.mrc``."""
     import torch
 
-    from cryo_napari.geometry.ctf import calculate_ctf_2d
     from cryo_napari.io.mrc import write_mrc
-    from cryo_napari.io.particles import load_particles
     from cryo_napari.methods.flex.mesh import TetraMesh
     from cryo_napari.methods.flex.model import support_mask
-    from cryo_napari.methods.flex.prep import noise_sigma, read_prep
-    from cryo_napari.methods.flex.reconstruct import solve_map
+    from cryo_napari.methods.flex.reconstruct import load_reconstruction_set, solve_map
     from cryo_napari.methods.flex.train import load_trained
 
     _, cfg, _ = load_trained(bench / "run")
     mesh = TetraMesh.from_pickle(cfg["mesh"])
-    prep = bench / "prep"
-    info = read_prep(prep)
-    rows = np.load(prep / "indices.npy")
-    sel = np.arange(len(rows) if not n_max else min(n_max, len(rows)))
-    pdata = load_particles(info["source_particles"], datadir=info.get("datadir"), poses=info.get("poses"),
-                           ctf=info.get("ctf"), require_poses=True).subset(rows[sel])
-    half = load_particles(prep / "particles.star", with_images=False).half[sel]
-    st = states[sel]
-    D, apix = pdata.D, float(np.median(pdata.apix))
-    images = torch.as_tensor(pdata.read_images()) * (-1.0 if info.get("uninvert") else 1.0)
-    rot = torch.as_tensor(pdata.rotations, dtype=torch.float32)
-    shifts = torch.as_tensor(pdata.shifts_px, dtype=torch.float32)
-    ctf = calculate_ctf_2d(pdata.ctf.as_tensor(), D, pdata.apix)
-    sigma = noise_sigma(images.numpy())
+    data = load_reconstruction_set(bench / "prep", n_max)
+    st = states[data["sel"]]
+    images, rot, shifts, ctf, half = (data[k] for k in ("images", "rot", "shifts", "ctf", "half"))
+    D, apix, sigma = data["D"], data["apix"], data["sigma"]
     F = torch.as_tensor(flows_of_state)
     support = support_mask(mesh, D)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +177,8 @@ def main(argv=None):
 
     moved = soft(ndimage.binary_dilation(moved_dmask[f0] > 0.1, iterations=2))
     static = soft(~ndimage.binary_dilation(moved_dmask.max(0) > 0.1, iterations=2))
-    dom_truth, static_truth = domain_truth_parts(vol, angles[f0])
+    dom_truth, static_truth = domain_truth_parts(vol, [angles[f0]])
+    dom_truth = dom_truth[0]
     out = {"bench": str(b), "frame_of_zero_latent": f0, "reconstruct_s": seconds,
            "abs_spearman_best": rep["abs_spearman_best"]}
     if a.true_flow:

@@ -119,11 +119,14 @@ def domain_mask_series(vol: np.ndarray, angles_deg) -> np.ndarray:
     return np.stack([rotate_about(mask, axis, a, pivot) for a in angles_deg])
 
 
-def domain_truth_parts(vol: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
-    """The two parts of :func:`domain_motion_series`'s map at ``angle_deg``: (the domain alone where it
-    is then, the static rest), each (D, D, D) float32; their sum is that map."""
+def domain_truth_parts(vol: np.ndarray, angles_deg) -> tuple[np.ndarray, np.ndarray]:
+    """The two parts of :func:`domain_motion_series`'s maps at ``angles_deg`` (K angles): the domain
+    alone where it is at each angle (K, D, D, D) and the static rest (D, D, D), float32; domain k
+    plus the rest is the map at angle k."""
     mask, centre, pivot = domain_mask(vol)
-    return rotate_about(vol * mask, hinge_axis(centre, pivot), angle_deg, pivot), (vol * (1 - mask)).astype(np.float32)
+    axis = hinge_axis(centre, pivot)
+    domain = np.stack([rotate_about(vol * mask, axis, a, pivot) for a in angles_deg])
+    return domain, (vol * (1 - mask)).astype(np.float32)
 
 
 def remove_static_part(m: np.ndarray, static_truth: np.ndarray, static_mask: np.ndarray) -> np.ndarray:
@@ -131,9 +134,9 @@ def remove_static_part(m: np.ndarray, static_truth: np.ndarray, static_mask: np.
     per-shell gain ``g_k = Re⟨M̂, Ŝ⟩_k / |Ŝ|²_k`` fitted with both multiplied by ``static_mask`` (a
     region where only the static part has density). What is left is the moving part plus ``m``'s
     errors, its errors on the static density included."""
-    D = m.shape[-1]
-    k = np.fft.fftfreq(D) * D
-    shell = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
+    from cryo_napari.geometry.fsc import shell_index_3d
+
+    shell = np.fft.ifftshift(shell_index_3d(m.shape[-1]).numpy())  # the shells of an uncentred transform
     fm, fs = np.fft.fftn(m * static_mask), np.fft.fftn(static_truth * static_mask)
     num = np.bincount(shell.ravel(), (fm * fs.conj()).real.ravel())
     den = np.bincount(shell.ravel(), (np.abs(fs) ** 2).ravel())

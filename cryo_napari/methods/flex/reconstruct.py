@@ -68,6 +68,27 @@ def solve_map(images, rot, shifts, ctf, flows, D: int, sigma: float, iters: int 
     return (V if support is None else V * support), float(loss)
 
 
+def load_reconstruction_set(prep, max_particles: int | None = None) -> dict:
+    """The particles of a ``flex prep`` folder at the full box, in PREP order (the first
+    ``max_particles``), as the reconstruction reads them: {"images" (N, D, D) contrast as trained,
+    "rot" (N, 3, 3), "shifts" (N, 2) px, "ctf" (N, D, D), "half" (N,) 0/1, "sigma" noise std,
+    "D", "apix" Å/px, "sel" (N,) PREP indices}."""
+    info = read_prep(prep)
+    rows = np.load(Path(prep) / "indices.npy")
+    pdata = load_particles(info["source_particles"], datadir=info.get("datadir"), poses=info.get("poses"),
+                           ctf=info.get("ctf"), require_poses=True)
+    sel = np.arange(len(rows)) if not max_particles else np.arange(min(max_particles, len(rows)))
+    pdata = pdata.subset(rows[sel])
+    half = load_particles(Path(prep) / "particles.star", with_images=False).half[sel]
+    D = pdata.D
+    images = torch.as_tensor(pdata.read_images()) * (-1.0 if info.get("uninvert") else 1.0)
+    ctf = (calculate_ctf_2d(pdata.ctf.as_tensor(), D, pdata.apix) if pdata.ctf is not None
+           else torch.ones(len(pdata), D, D))
+    return {"images": images, "rot": torch.as_tensor(pdata.rotations, dtype=torch.float32),
+            "shifts": torch.as_tensor(pdata.shifts_px, dtype=torch.float32), "ctf": ctf, "half": half,
+            "sigma": noise_sigma(images.numpy()), "D": D, "apix": float(np.median(pdata.apix)), "sel": sel}
+
+
 def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, batch: int = 64,
                          epoch: int | None = None, max_particles: int | None = None, refined: bool = False) -> Job:
     """Flex and rigid half-map reconstructions at the full box (module docstring); ``refined`` uses the
@@ -77,24 +98,14 @@ def flex_reconstruct_job(run, prep, out, iters: int = 20, lam: float = 1e-3, bat
 
     model, cfg, step = load_trained(run, epoch)
     mesh = TetraMesh.from_pickle(cfg["mesh"])
-    info = read_prep(prep)
-    rows = np.load(Path(prep) / "indices.npy")
-    pdata = load_particles(info["source_particles"], datadir=info.get("datadir"), poses=info.get("poses"),
-                           ctf=info.get("ctf"), require_poses=True)
+    n_prep = len(np.load(Path(prep) / "indices.npy"))
     z = load_latents(run, step, refined)
-    if len(z) != len(rows):
-        raise ValueError(f"{len(z)} latents but {len(rows)} particles in {prep}")
-    sel = np.arange(len(rows)) if not max_particles else np.arange(min(max_particles, len(rows)))
-    pdata = pdata.subset(rows[sel])
-    z = z[sel]
-    half = load_particles(Path(prep) / "particles.star", with_images=False).half[sel]
-    D, apix = pdata.D, float(np.median(pdata.apix))
-    images = torch.as_tensor(pdata.read_images()) * (-1.0 if info.get("uninvert") else 1.0)
-    rot = torch.as_tensor(pdata.rotations, dtype=torch.float32)
-    shifts = torch.as_tensor(pdata.shifts_px, dtype=torch.float32)
-    ctf = (calculate_ctf_2d(pdata.ctf.as_tensor(), D, pdata.apix) if pdata.ctf is not None
-           else torch.ones(len(pdata), D, D))
-    sigma = noise_sigma(images.numpy())
+    if len(z) != n_prep:
+        raise ValueError(f"{len(z)} latents but {n_prep} particles in {prep}")
+    data = load_reconstruction_set(prep, max_particles)
+    z = z[data["sel"]]
+    images, rot, shifts, ctf, half = (data[k] for k in ("images", "rot", "shifts", "ctf", "half"))
+    D, apix, sigma = data["D"], data["apix"], data["sigma"]
     with torch.no_grad():
         disp = model.displacements(torch.as_tensor(z, dtype=torch.float32)) * (D / model.D)
     idx, cell, bary = voxel_barycentrics(mesh, D)
