@@ -31,6 +31,41 @@ def summary(curve):
     return {"low": float(np.mean(curve[1 : n // 2 + 1])), "high": float(np.mean(curve[n // 2 + 1 :]))}
 
 
+def bench_map(map_arg: str, D: int, apix: float, chain: str | None = None):
+    """The benchmark's map (D, D, D) and its moving domain: the synthetic map; an .mrc map
+    Fourier-cropped (or zero-padded) to D; or an atomic model (.pdb/.cif) as Gaussian atoms at
+    ``apix``, where ``chain`` names the chain that swings (about the centre of its interface with the
+    rest). Returns (map, domain): domain is None (:func:`domain_mask`'s peripheral domain) or the
+    (mask, centre, pivot) of :func:`domain_from_maps`."""
+    if map_arg == "synthetic":
+        from cryo_napari.simulate.heterogeneity import synthetic_map
+
+        return synthetic_map(D, seed=3), None
+    if Path(map_arg).suffix.lower() in (".pdb", ".cif", ".ent"):
+        from cryo_napari.simulate.atoms import chain_maps, read_model_atoms
+        from cryo_napari.simulate.heterogeneity import domain_from_maps
+
+        maps = chain_maps(read_model_atoms(map_arg), D, apix, 1.0)
+        vol = sum(maps.values()).astype(np.float32)
+        if chain is None:
+            return vol, None
+        if chain not in maps:
+            raise SystemExit(f"{map_arg}: no chain {chain!r} (chains: {', '.join(sorted(maps))})")
+        return vol, domain_from_maps(maps[chain], vol - maps[chain])
+    import torch
+
+    from cryo_napari.geometry.fourier import fourier_crop_3d
+    from cryo_napari.io.mrc import read_mrc
+
+    vol = read_mrc(map_arg)[0]
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise SystemExit(f"{map_arg}: a cubic map is needed, this one is {vol.shape}")
+    if vol.shape[-1] < D:  # zero-pad in real space: the object keeps its size in pixels
+        p = (D - vol.shape[-1]) // 2
+        vol = np.pad(vol, [(p, D - vol.shape[-1] - p)] * 3)
+    return fourier_crop_3d(torch.as_tensor(vol), D).numpy().astype(np.float32), None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", required=True)
@@ -38,8 +73,13 @@ def main(argv=None):
     ap.add_argument("-n", type=int, default=2000, help="particles")
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--apix", type=float, default=4.0)
-    ap.add_argument("--map", default="synthetic", help="'synthetic' or an .mrc map (Fourier-cropped to D)")
+    ap.add_argument("--map", default="synthetic",
+                    help="'synthetic', an .mrc map (Fourier-cropped to D) or an atomic model .pdb/.cif (at --apix)")
+    ap.add_argument("--domain-chain", default=None,
+                    help="with a model: the chain that swings (default: the peripheral domain of --domain-radius)")
     ap.add_argument("--angle", type=float, default=15.0, help="largest hinge angle (degrees)")
+    ap.add_argument("--domain-radius", type=float, default=0.22,
+                    help="the moving domain: density within this fraction of the box of its peripheral tip")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("-K", type=int, default=1)
     ap.add_argument("--cells", type=int, default=8)
@@ -61,23 +101,16 @@ def main(argv=None):
     from cryo_napari.cli.main import main as cli
     from cryo_napari.io.mrc import read_mrc, write_mrc
     from cryo_napari.simulate.heterogeneity import (domain_mask_series, domain_motion_series, domain_only_fsc,
-                                                   domain_truth_parts, synthetic_map)
+                                                   domain_truth_parts)
     from cryo_napari.simulate.particles import SimulationParams, simulate_dataset
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     times = {}
     t = time.time()
-    if a.map == "synthetic":
-        vol = synthetic_map(a.D, seed=3)
-    else:
-        import torch
-
-        from cryo_napari.geometry.fourier import fourier_crop_3d
-
-        vol = fourier_crop_3d(torch.as_tensor(read_mrc(a.map)[0]), a.D).numpy()
-    maps, angles, dmask = domain_motion_series(vol, 20, a.angle)
-    moved_dmask = domain_mask_series(vol, angles)
+    vol, domain = bench_map(a.map, a.D, a.apix, a.domain_chain)
+    maps, angles, dmask = domain_motion_series(vol, 20, a.angle, a.domain_radius, domain)
+    moved_dmask = domain_mask_series(vol, angles, a.domain_radius, domain)
     if a.rescore:  # the jobs ran before: evaluate their outputs only (with this version's metrics)
         paths = {"truth": out / "sim" / "ground_truth.npz", "star": out / "sim" / "particles.star"}
         if (out / "report.json").exists():  # keep the timings of the run that made the outputs
@@ -181,7 +214,7 @@ def main(argv=None):
     gen_fsc_moved = [summary(masked_fsc(g, maps[f], moved[f])) for g, f in zip(gen, frames)]
     can_fsc_moved = [summary(masked_fsc(canonical, maps[f], moved[f])) for f in frames]
     # the domain alone where it is in each frame, and the static part alone (domain_motion_series's split)
-    dom_truths, static_truth = domain_truth_parts(vol, angles)
+    dom_truths, static_truth = domain_truth_parts(vol, angles, a.domain_radius, domain)
     gen_fsc_dom = [summary(domain_only_fsc(g, static_truth, dom_truths[f], moved[f], static))
                    for g, f in zip(gen, frames)]
     can_fsc_dom = [summary(domain_only_fsc(canonical, static_truth, dom_truths[f], moved[f], static)) for f in frames]

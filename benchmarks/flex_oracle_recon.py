@@ -64,7 +64,7 @@ def oracle_reconstruction(b: Path, ep: int, states: np.ndarray, n_frames: int, i
     return time.time() - t
 
 
-def true_flows(vol: np.ndarray, angles: np.ndarray, f0: int) -> np.ndarray:
+def true_flows(vol: np.ndarray, angles: np.ndarray, f0: int, radius_frac: float = 0.22, domain=None) -> np.ndarray:
     """Ground-truth backward flows (K, 3, D, D, D), xyz components in voxels, [z, y, x] indices, that
     take the true frame ``f0`` to each frame ``k`` by ``V_k(x) = V_f0(x − u_k(x))``: inside frame
     k's (soft) domain mask ``u_k(x) = (x − p) − R(a_f0) R(a_k)ᵀ (x − p)``, zero elsewhere
@@ -73,9 +73,9 @@ def true_flows(vol: np.ndarray, angles: np.ndarray, f0: int) -> np.ndarray:
 
     from cryo_napari.simulate.heterogeneity import domain_mask, domain_mask_series, hinge_axis
 
-    _, centre, pivot = domain_mask(vol)
+    _, centre, pivot = domain_mask(vol, radius_frac=radius_frac) if domain is None else domain
     axis = hinge_axis(centre, pivot)
-    masks = domain_mask_series(vol, angles)
+    masks = domain_mask_series(vol, angles, radius_frac, domain)
     D = vol.shape[-1]
     k = np.arange(D, dtype=np.float64)
     Z, Y, X = np.meshgrid(k, k, k, indexing="ij")
@@ -140,16 +140,17 @@ def main(argv=None):
     from cryo_napari.io.mrc import read_mrc
     from cryo_napari.methods.flex.train import load_trained
     from cryo_napari.simulate.heterogeneity import (domain_mask_series, domain_motion_series, domain_only_fsc,
-                                                   domain_truth_parts, synthetic_map)
+                                                   domain_truth_parts)
+    from flex_hinge import bench_map
 
     b = Path(a.bench)
     rep = json.loads((b / "report.json").read_text())
     args = rep["args"]
-    if args["map"] != "synthetic":
-        raise SystemExit(f"{b}: only the synthetic map is supported here")
-    vol = synthetic_map(args["D"], seed=3)
-    maps, angles, _ = domain_motion_series(vol, 20, a.angle if a.angle is not None else args["angle"])
-    moved_dmask = domain_mask_series(vol, angles)
+    vol, domain = bench_map(args["map"], args["D"], args["apix"], args.get("domain_chain"))
+    radius = args.get("domain_radius", 0.22)  # reports written before the option had 0.22
+    maps, angles, _ = domain_motion_series(vol, 20, a.angle if a.angle is not None else args["angle"], radius,
+                                           domain)
+    moved_dmask = domain_mask_series(vol, angles, radius, domain)
     truth = np.load(b / "sim" / "ground_truth.npz")
     rows = np.load(b / "prep" / "indices.npy")
     states = truth["states"][rows]
@@ -166,7 +167,7 @@ def main(argv=None):
     seconds_true = None
     if a.true_flow and not (a.reuse and (b / "recon_true_flow" / "flex_map.mrc").exists()):
         t = time.time()
-        reconstruct_with_flows(b, true_flows(vol, angles, f0), states, a.iters, a.recon_particles,
+        reconstruct_with_flows(b, true_flows(vol, angles, f0, radius, domain), states, a.iters, a.recon_particles,
                                b / "recon_true_flow")
         seconds_true = time.time() - t
     if a.true_flow:
@@ -177,7 +178,7 @@ def main(argv=None):
 
     moved = soft(ndimage.binary_dilation(moved_dmask[f0] > 0.1, iterations=2))
     static = soft(~ndimage.binary_dilation(moved_dmask.max(0) > 0.1, iterations=2))
-    dom_truth, static_truth = domain_truth_parts(vol, [angles[f0]])
+    dom_truth, static_truth = domain_truth_parts(vol, [angles[f0]], radius, domain)
     dom_truth = dom_truth[0]
     out = {"bench": str(b), "frame_of_zero_latent": f0, "reconstruct_s": seconds,
            "abs_spearman_best": rep["abs_spearman_best"]}

@@ -187,3 +187,29 @@ def test_domain_only_fsc_sees_the_domain_where_the_masked_fsc_sees_the_hinge():
     assert near > far + 0.3 and far < 0.35
     # the plain masked FSC scores the far frame high: the static density inside the mask
     assert high(fsc(maps[0] * mask, maps[f0] * mask)) > 0.55
+
+
+def test_domain_from_maps_swings_one_chain_about_its_interface():
+    """A domain given by its own density (one chain of a model): mask on the chain, centre at its
+    centre of mass, pivot at the interface; the series moves that chain only."""
+    from cryo_napari.simulate.heterogeneity import domain_from_maps, domain_motion_series, domain_truth_parts
+
+    D = 32
+    k = np.arange(D)
+    Z, Y, X = np.meshgrid(k, k, k, indexing="ij")
+
+    def blob(x, y, z, s=2.5):
+        return np.exp(-((X - x) ** 2 + (Y - y) ** 2 + (Z - z) ** 2) / (2 * s * s)).astype(np.float32)
+
+    a, b = blob(10, 16, 16), blob(20, 16, 16)  # touching along x; the interface near x = 15
+    mask, centre, pivot = domain_from_maps(b, a)
+    np.testing.assert_allclose(centre, [20, 16, 16], atol=0.05)  # (x, y, z)
+    assert 13 < pivot[0] < 17 and abs(pivot[1] - 16) < 1 and abs(pivot[2] - 16) < 1
+    assert mask[16, 16, 20] > 0.99 and mask[16, 16, 8] < 0.01
+    vol = a + b
+    maps, angles, _ = domain_motion_series(vol, 3, 60.0, domain=(mask, centre, pivot))
+    dom, static = domain_truth_parts(vol, angles, domain=(mask, centre, pivot))
+    np.testing.assert_allclose(dom + static, maps, atol=1e-5)
+    # chain a stays (its peak all but untouched), chain b's peak leaves its place
+    assert abs(maps[-1][16, 16, 10] - vol[16, 16, 10]) < 0.05
+    assert maps[-1][16, 16, 20] < 0.5 * vol[16, 16, 20]

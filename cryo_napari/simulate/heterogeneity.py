@@ -102,31 +102,69 @@ def hinge_axis(centre_xyz: np.ndarray, pivot_xyz: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a)
 
 
-def domain_motion_series(vol: np.ndarray, n_frames: int = 20, max_angle_deg: float = 15.0):
+def domain_from_maps(domain_map: np.ndarray, rest_map: np.ndarray, level: float = 0.05,
+                     soft_px: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A domain given by its own density (e.g. one chain's map from an atomic model), in the form
+    :func:`domain_mask` returns: (soft mask (D,D,D) in [0,1], domain centre (x,y,z) px, pivot (x,y,z) px).
+
+    The mask is where ``domain_map`` is above ``level`` × its maximum and above ``rest_map`` (at an
+    interface each voxel goes to the denser side), softened by ``soft_px``; the centre is the
+    domain's density-weighted centre of mass; the pivot is the centre of the interface, the domain
+    voxels within 2 voxels of the rest's density (above the same level), or the point of the domain
+    nearest the rest's centre of mass where they do not touch.
+    """
+    dom = domain_map > level * domain_map.max()
+    rest = rest_map > level * rest_map.max()
+    binary = dom & (domain_map >= rest_map)
+    soft = ndimage.gaussian_filter(binary.astype(np.float32), soft_px)
+    soft = np.clip(soft / max(soft.max(), 1e-6), 0, 1) * ndimage.binary_dilation(binary, iterations=3)
+    w = np.clip(domain_map, 0, None)
+    zyx = np.stack(np.meshgrid(*[np.arange(n) for n in domain_map.shape], indexing="ij"), -1).reshape(-1, 3)
+    centre = (zyx * w.reshape(-1, 1)).sum(0)[::-1] / max(w.sum(), 1e-12)
+    contact = dom & ndimage.binary_dilation(rest, iterations=2)
+    if contact.any():
+        pivot = np.argwhere(contact).mean(0)[::-1]
+    else:
+        rw = np.clip(rest_map, 0, None).reshape(-1, 1)
+        rest_com = (zyx * rw).sum(0)[::-1] / max(rw.sum(), 1e-12)
+        pts = np.argwhere(dom)[:, ::-1]
+        pivot = pts[np.argmin(np.linalg.norm(pts - rest_com, axis=1))].astype(float)
+    return soft.astype(np.float32), centre.astype(float), pivot.astype(float)
+
+
+def _domain(vol, radius_frac, domain):
+    return domain_mask(vol, radius_frac=radius_frac) if domain is None else domain
+
+
+def domain_motion_series(vol: np.ndarray, n_frames: int = 20, max_angle_deg: float = 15.0,
+                         radius_frac: float = 0.22, domain=None):
     """Continuous series: a peripheral domain swung from 0 to ``max_angle_deg``.
 
+    ``radius_frac``: the domain sphere's radius as a fraction of the box (:func:`domain_mask`);
+    ``domain``: an explicit (mask, centre, pivot) instead (:func:`domain_from_maps`).
     Returns (maps (K,D,D,D), angles (K,), mask).
     """
-    mask, centre, pivot = domain_mask(vol)
+    mask, centre, pivot = _domain(vol, radius_frac, domain)
     angles = np.linspace(0.0, max_angle_deg, n_frames)
     return rigid_domain_motion(vol, mask, pivot, hinge_axis(centre, pivot), angles), angles, mask
 
 
-def domain_mask_series(vol: np.ndarray, angles_deg) -> np.ndarray:
+def domain_mask_series(vol: np.ndarray, angles_deg, radius_frac: float = 0.22, domain=None) -> np.ndarray:
     """The domain mask of :func:`domain_motion_series` moved with the domain to each angle (K, D, D, D)."""
-    mask, centre, pivot = domain_mask(vol)
+    mask, centre, pivot = _domain(vol, radius_frac, domain)
     axis = hinge_axis(centre, pivot)
     return np.stack([rotate_about(mask, axis, a, pivot) for a in angles_deg])
 
 
-def domain_truth_parts(vol: np.ndarray, angles_deg) -> tuple[np.ndarray, np.ndarray]:
+def domain_truth_parts(vol: np.ndarray, angles_deg, radius_frac: float = 0.22,
+                       domain=None) -> tuple[np.ndarray, np.ndarray]:
     """The two parts of :func:`domain_motion_series`'s maps at ``angles_deg`` (K angles): the domain
     alone where it is at each angle (K, D, D, D) and the static rest (D, D, D), float32; domain k
     plus the rest is the map at angle k."""
-    mask, centre, pivot = domain_mask(vol)
+    mask, centre, pivot = _domain(vol, radius_frac, domain)
     axis = hinge_axis(centre, pivot)
-    domain = np.stack([rotate_about(vol * mask, axis, a, pivot) for a in angles_deg])
-    return domain, (vol * (1 - mask)).astype(np.float32)
+    domain_k = np.stack([rotate_about(vol * mask, axis, a, pivot) for a in angles_deg])
+    return domain_k, (vol * (1 - mask)).astype(np.float32)
 
 
 def remove_static_part(m: np.ndarray, static_truth: np.ndarray, static_mask: np.ndarray) -> np.ndarray:
