@@ -88,6 +88,9 @@ def add_args(p):
     s.add_argument("--epoch", type=int, help="checkpoint epoch (default: latest complete)")
     s.add_argument("--refined", action="store_true",
                    help="span the axes by the latents `cryo-napari refine-z` wrote (z.N.refined.npy)")
+    s.add_argument("--interp", choices=("cubic", "linear"), default="cubic",
+                   help="interpolation of the convected map: cubic B-spline (default; keeps high-resolution "
+                        "detail where the map moves) or trilinear (as in training; faster on large boxes)")
 
     s = sub.add_parser("reconstruct", help="flex and rigid half-map reconstructions (3DFlex Reconstruction)")
     s.add_argument("run", help="RUN directory from 'flex train'")
@@ -166,7 +169,8 @@ def make_job(args):
     if cmd == "generate":
         from cryo_napari.methods.flex.generate import flex_generate_job
 
-        return flex_generate_job(args.run, args.outdir, args.frames, args.path, args.map, args.epoch, args.refined)
+        return flex_generate_job(args.run, args.outdir, args.frames, args.path, args.map, args.epoch, args.refined,
+                                 args.interp)
     if cmd == "reconstruct":
         from cryo_napari.methods.flex.reconstruct import flex_reconstruct_job
 
