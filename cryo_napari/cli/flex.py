@@ -189,4 +189,6 @@ def main(args):
         print(f"half-map FSC 0.143: flex {r['flex']:.2f} Å, rigid {r['rigid']:.2f} Å → {res['flex_map']}")
     elif args.flex_command == "train":
         print(f"trained to epoch {res['epoch']} → {res['run']}")
+        # the encoder's latent trails the posterior over the trained generator's maps (docs/flex.md)
+        print(f"next: cryo-napari refine-z {res['run']} (sharper latents; then reconstruct/generate --refined)")
     return 0
