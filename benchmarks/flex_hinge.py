@@ -181,6 +181,9 @@ def main(argv=None):
     z = np.load(out / "run" / f"z.{ep}.npy")
     rho = [float(spearmanr(z[:, k], true_angle).statistic) for k in range(z.shape[1])]
     best = int(np.argmax(np.abs(rho)))
+    zr_path = out / "run" / f"z.{ep}.refined.npy"  # flex train's final refine-z (or a later refine-z run)
+    rho_refined = ([float(spearmanr(zr[:, k], true_angle).statistic) for k in range(zr.shape[1])]
+                   if zr_path.exists() and len(zr := np.load(zr_path)) == len(z) else None)
     # latent of each true frame: median over its particles, all dims
     zf = np.stack([np.median(z[states == f], 0) if (states == f).any() else np.full(z.shape[1], np.nan)
                    for f in range(len(maps))])
@@ -232,6 +235,8 @@ def main(argv=None):
     rep = {
         "args": vars(a), "times_s": times, "epoch": ep, "ceiling": ceiling,
         "spearman_per_dim": rho, "abs_spearman_best": abs(rho[best]),
+        "spearman_per_dim_refined": rho_refined,
+        "abs_spearman_best_refined": None if rho_refined is None else max(abs(r) for r in rho_refined),
         "vertex_move_first_to_last_frame_vox": {
             "swept_mean": float(move[in_swept].mean()), "swept_max": float(move[in_swept].max()),
             "static_mean": float(move[in_static].mean()), "static_max": float(move[in_static].max()),

@@ -57,7 +57,8 @@ def test_prep_writes_cropped_stack_star_and_yaml(flexdata, tmp_path):
 def test_train_checkpoints_resume_generate_and_reconstruct(flexdata, tmp_path):
     out, _ = flexdata
     run = tmp_path / "run"
-    base = ["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(run), *TINY]
+    base = ["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(run), *TINY,
+            "--no-refine-z"]  # refine-z on demand below; the default final refinement has its own test
     assert cli([*base, "--epochs", "2"]) == 0
     rd = RunDir(run)
     assert rd.complete_steps("weights", "pt") == [1, 2]
@@ -138,7 +139,7 @@ def test_latent_analysis_commands_open_flex_runs(flexdata, tmp_path):
     out, paths = flexdata
     run = tmp_path / "run"
     assert cli(["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(run), *TINY,
-                "--epochs", "1"]) == 0
+                "--epochs", "1", "--no-refine-z"]) == 0
     from cryo_napari.io.particles import load_particles
     from cryo_napari.methods.flex.train import load_trained
 
@@ -166,6 +167,42 @@ def test_latent_analysis_commands_open_flex_runs(flexdata, tmp_path):
                 "-D", "8", "-o", str(tmp_path / "an")]) == 0
     assert len(list((tmp_path / "an").rglob("*.mrc"))) >= 3
     assert cli(["analyze", str(run), "--refined", "--skip-umap", "-o", str(tmp_path / "an2")]) == 2
+
+
+def test_training_ends_with_refine_z_unless_told_not_to(flexdata, tmp_path, capsys, monkeypatch):
+    """By default the last epoch's latents are refined by the trained model (what `refine-z --box
+    D/2 --centres 64` writes); a refinement that cannot run leaves training successful, with a warning."""
+    out, _ = flexdata
+    run = tmp_path / "run"
+    assert cli(["flex", "train", str(out / "prep"), "--mesh", str(out / "mesh.pkl"), "-o", str(run), *TINY,
+                "--epochs", "1", "--refine-centres", "8"]) == 0
+    assert "refined latents →" in capsys.readouterr().out
+    rd = RunDir(run)
+    zr_path = rd.refined_latents_path(1)
+    assert rd.is_complete(zr_path)
+    zr, z = np.load(zr_path), np.load(run / "z.1.npy")
+    assert zr.shape == z.shape and not np.allclose(zr, z)
+    summary = json.loads((run / "refine_z.1.json").read_text())
+    assert summary["working_box"] == 16 and summary["n_centres"] == 8  # default box: max(D/2, 16) at D 16
+    assert cli(["refine-z", str(run), "--box", "16", "--centres", "8"]) == 0  # the same computation by hand
+    np.testing.assert_allclose(np.load(zr_path), zr, atol=1e-6)
+
+    from cryo_napari.methods import refine_run
+    from cryo_napari.methods.flex.train import default_refine_box, flex_train_job
+
+    assert [default_refine_box(d) for d in (16, 24, 32, 64, 128)] == [16, 16, 16, 32, 64]
+
+    def fails(*a, **k):
+        raise InputError(run, "need at least 2 distinct latent centres")
+        yield  # a job
+
+    monkeypatch.setattr(refine_run, "refine_run_latents_job", fails)
+    events = []
+    res = run_to_end(flex_train_job(dict(prep=out / "prep", mesh=out / "mesh.pkl", outdir=tmp_path / "run2", epochs=1,
+                                         hidden=16, layers=2, batch_size=50)), events.append)
+    assert res["epoch"] == 1 and res["z_refined"] is None
+    assert any(getattr(e, "level", "") == "warning" and "2 distinct" in e.text for e in events)
+    assert not RunDir(tmp_path / "run2").refined_latents_path(1).exists()
 
 
 def test_hand_built_mesh_dict_in_the_schema_trains(flexdata, tmp_path):

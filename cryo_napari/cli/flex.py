@@ -12,6 +12,7 @@ latent through a tetrahedral mesh, with a rigidity prior. See docs/flex.md.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from cryo_napari.jobs.protocol import Log, run_in_terminal
@@ -78,6 +79,13 @@ def add_args(p):
                         "tetrahedra, so a finer mesh weighs it more)")
     s.add_argument("--load", help="'latest' or a weights.N.pt to resume from")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--refine-z", action=argparse.BooleanOptionalAction, default=True,
+                   help="end training by refining the final latents by the trained model, as `cryo-napari refine-z` "
+                        "(z.N.refined.npy, read by --refined; default on, --no-refine-z skips)")
+    s.add_argument("--refine-box", type=int,
+                   help="working box of the final latent refinement (even; default half the training box, ≥ 16)")
+    s.add_argument("--refine-centres", type=int, default=64,
+                   help="latent centres (maps) of the final latent refinement (default 64)")
 
     s = sub.add_parser("generate", help="volume series along latent axes or a path (3DFlex Generator)")
     s.add_argument("run", help="RUN directory from 'flex train' (may still be training)")
@@ -164,7 +172,8 @@ def make_job(args):
                    lr_z=args.lr_z, hidden=args.hidden, layers=args.layers, noise=args.noise,
                    center_lam=args.center_lam, rigidity=args.rigidity, load=args.load, seed=args.seed,
                    latent=args.latent, lr_enc=args.lr_enc, enc_hidden=args.enc_hidden,
-                   enc_box=args.enc_box)
+                   enc_box=args.enc_box, refine_z=args.refine_z, refine_box=args.refine_box,
+                   refine_centres=args.refine_centres)
         return flex_train_job(cfg)
     if cmd == "generate":
         from cryo_napari.methods.flex.generate import flex_generate_job
@@ -189,6 +198,9 @@ def main(args):
         print(f"half-map FSC 0.143: flex {r['flex']:.2f} Å, rigid {r['rigid']:.2f} Å → {res['flex_map']}")
     elif args.flex_command == "train":
         print(f"trained to epoch {res['epoch']} → {res['run']}")
-        # the encoder's latent trails the posterior over the trained generator's maps (docs/flex.md)
-        print(f"next: cryo-napari refine-z {res['run']} (sharper latents; then reconstruct/generate --refined)")
+        if res.get("z_refined"):
+            print(f"refined latents → {res['z_refined']} (read with --refined: flex generate/reconstruct, analyze, "
+                  "filter, traverse)")
+        else:  # the encoder's latent trails the posterior over the trained generator's maps (docs/flex.md)
+            print(f"next: cryo-napari refine-z {res['run']} (sharper latents; then reconstruct/generate --refined)")
     return 0
