@@ -185,3 +185,44 @@ def test_generated_series_lets_unfused_segments_slide_apart(vol):
     segf = mf.cell_segment[np.maximum(mf.tetraidx_map, 0)] * (mf.tetraidx_map >= 0) + (mf.tetraidx_map < 0) * -1
     dragged = np.abs(fused[1] - vol)[segf == 0].max()
     assert dragged > 10 * np.abs(series[1] - vol)[left].max() + 1e-3  # fused: segment 0 deforms too
+
+
+def test_segment_motions_report_each_segments_rigid_swing(vol):
+    """segment_motions: a segment whose vertices the flow turns rigidly by 12° about z reads 12°, axis
+    ±z, no non-rigid part; the still segment reads 0; a shear reads as a non-rigid rest."""
+    from scipy.spatial.transform import Rotation
+
+    from cryo_napari.methods.flex.generate import segment_motions
+    from cryo_napari.methods.flex.model import FlexModel, mesh_points_in_box
+
+    m = make_tetramesh(vol, 3.0, cells=8, segments=_halves_labels())
+    model = FlexModel(m, 32, 1, K=1, hidden=4, layers=1, V0=vol)
+    P = mesh_points_in_box(m, 32)
+    moving = np.unique(m.cells[m.cell_segment == 1])
+    pivot = np.array([16.0, 16.0, 16.0])
+    R = Rotation.from_rotvec(np.deg2rad(12.0) * np.array([0.0, 0.0, 1.0])).as_matrix()
+    d = np.zeros_like(P)
+    # content at q moves to R(q − pivot) + pivot; the vertex at p shows the content from p − u(p)
+    d[moving] = P[moving] - ((P[moving] - pivot) @ R + pivot)
+    sheared = np.zeros_like(P)
+    sheared[moving, 0] = 0.2 * (P[moving, 1] - 16.0)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, disp):
+            super().__init__()
+            self.register_buffer("d", torch.as_tensor(disp, dtype=torch.float32))
+
+        def forward(self, z):
+            return z[:, :1, None] * self.d[None]
+
+    model.generator = Fixed(d)
+    rows = segment_motions(model, m, np.array([[0.0], [1.0], [0.5]], np.float32), apix=3.0)
+    assert [r["segment"] for r in rows[1]["segments"]] == [0, 1]
+    still, moved = rows[1]["segments"]
+    assert still["rotation_deg"] < 1e-3 and still["max_shift_A"] == 0.0
+    assert abs(moved["rotation_deg"] - 12.0) < 1e-3 and abs(abs(moved["axis"][2]) - 1.0) < 1e-4
+    assert moved["nonrigid_rms_A"] < 1e-3 and moved["centroid_shift_A"] > 1.0
+    assert rows[0]["segments"][1]["rotation_deg"] < 1e-6  # zero latent: the canonical map
+    assert 5.0 < rows[2]["segments"][1]["rotation_deg"] < 7.0  # half the displacement, about half the angle
+    model.generator = Fixed(sheared)
+    assert segment_motions(model, m, np.array([[1.0]], np.float32), apix=3.0)[0]["segments"][1]["nonrigid_rms_A"] > 1.0

@@ -87,6 +87,9 @@ def test_train_checkpoints_resume_generate_and_reconstruct(flexdata, tmp_path):
         assert not np.allclose(series[0], series[4])
         meta = json.loads((gen / f"axis{k}" / "series.json").read_text())
         assert meta["epoch"] == 3 and len(meta["latents"]) == 5 and meta["latents"][2] == [0.0, 0.0]
+        motion = meta["segment_motion"]  # the rigid fit per frame and segment (one segment here)
+        assert len(motion) == 5 and motion[2]["segments"][0]["max_shift_A"] == 0.0
+        assert motion[0]["segments"][0]["max_shift_A"] > 0.0
         assert len(list((gen / f"axis{k}").glob("*.mrc"))) == 5
     assert cli(["flex", "generate", str(run), "-o", str(gen / "even"), "--frames", "4"]) == 2
     # trilinear as in training: the same frames to within the interpolation difference

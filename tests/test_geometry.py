@@ -143,3 +143,25 @@ def test_masks(small_map):
     assert float(w[16, 16]) == 1.0 and float(w[0, 0]) == 0.0
     with pytest.raises(ValueError):
         threshold_mask_3d(small_map, 10 * small_map.max())
+
+
+def test_fit_rigid_motion_recovers_a_rotation_and_reports_the_nonrigid_rest():
+    rng = np.random.default_rng(4)
+    src = rng.normal(size=(50, 3)) * 10
+    R0 = Rotation.from_rotvec(np.deg2rad(17.0) * np.array([0.6, 0.0, 0.8])).as_matrix()
+    t0 = np.array([1.0, -2.0, 3.0])
+    R, t, rms = rot.fit_rigid_motion(src, src @ R0.T + t0)
+    np.testing.assert_allclose(R, R0, atol=1e-10)
+    np.testing.assert_allclose(t, t0, atol=1e-9)
+    assert rms < 1e-9
+    # a shear is not a rigid motion: the fit leaves it in the rms; a mirror is never returned
+    sheared = src.copy()
+    sheared[:, 0] += 0.3 * src[:, 1]
+    assert rot.fit_rigid_motion(src, sheared)[2] > 1.0
+    R, _, rms = rot.fit_rigid_motion(src, src * np.array([1.0, 1.0, -1.0]))
+    assert np.linalg.det(R) > 0 and rms > 1.0
+    # zero weights ignore points
+    bad = src @ R0.T + t0
+    bad[:5] += 100.0
+    w = np.r_[np.zeros(5), np.ones(45)]
+    np.testing.assert_allclose(rot.fit_rigid_motion(src, bad, w)[0], R0, atol=1e-10)

@@ -136,6 +136,33 @@ def flip_map_handedness(vol):
     return np.roll(np.flip(np.asarray(vol), axis=-3), 1, axis=-3).copy()
 
 
+def fit_rigid_motion(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None):
+    """Least-squares rigid motion ``dst ≈ src @ R.T + t`` (Kabsch; proper rotations only).
+
+    Parameters
+    ----------
+    src, dst : (N, 3) points in any one unit (e.g. Å), N ≥ 3 not all on a line.
+    weights : (N,) non-negative weights, or None for equal weights.
+
+    Returns
+    -------
+    R : (3, 3) rotation matrix (det +1).
+    t : (3,) translation, same unit as the points.
+    rms : weighted RMS of ``dst − (src @ R.T + t)``: the part of the motion no rigid motion explains.
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
+    w = w / w.sum()
+    cs, cd = w @ src, w @ dst
+    H = ((src - cs) * w[:, None]).T @ (dst - cd)
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(Vt.T @ U.T)) or 1.0
+    R = Vt.T @ np.diag([1.0, 1.0, d]) @ U.T
+    t = cd - cs @ R.T
+    rms = float(np.sqrt(w @ ((dst - src @ R.T - t) ** 2).sum(1)))
+    return R, t, rms
+
+
 def viewing_directions(R: np.ndarray) -> np.ndarray:
     """Unit projection directions in the map frame (the map-frame vector that maps to +z).
 

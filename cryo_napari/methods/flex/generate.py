@@ -8,7 +8,9 @@ over the particles (so the series spans the data). ``path``: an (F, K) array of 
 and scaled by ``N_hi / D`` before convecting it.
 
 Outputs in ``out``: ``<name>_<frame>.mrc`` (frames, 3 digits), ``series.npy`` (F, D, D, D),
-``series.json`` (voxel size, latents (F, K), the checkpoint epoch).
+``series.json`` (voxel size, latents (F, K), the checkpoint epoch, and ``segment_motion``: per
+frame and mesh segment the rigid motion that best carries the segment's canonical content to that
+frame, :func:`segment_motions`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,44 @@ def generate_series(model: FlexModel, mesh: TetraMesh, latents: np.ndarray, vol:
     return out
 
 
+def segment_motions(model: FlexModel, mesh: TetraMesh, latents: np.ndarray, apix: float) -> list[dict]:
+    """Rigid-body summary of the flow, per frame and per mesh segment (one segment without ``--segments``).
+
+    A vertex at ``p`` (training-box voxels) shows the canonical content from ``p − u(p)``
+    (convection ``V(x − u(x))``), so each segment's vertices give point pairs ``p − u → p`` and
+    :func:`~cryo_napari.geometry.rotations.fit_rigid_motion` the rotation that best explains them.
+
+    Returns one dict per frame: ``{"segments": [{"segment", "rotation_deg", "axis" (unit xyz, map
+    frame; right-handed about it), "centroid_shift_A", "nonrigid_rms_A", "max_shift_A"}, ...]}``.
+    ``nonrigid_rms_A`` is what no rigid motion of the segment explains (shear, stretch); Å use
+    ``apix``, the training box's pixel size.
+    """
+    from scipy.spatial.transform import Rotation
+
+    from cryo_napari.geometry.rotations import fit_rigid_motion
+    from cryo_napari.methods.flex.model import mesh_points_in_box
+
+    P = mesh_points_in_box(mesh, model.D)
+    with torch.no_grad():
+        U = model.displacements(torch.as_tensor(np.asarray(latents, np.float32))).numpy()
+    segs = np.asarray(mesh.cell_segment)
+    verts = {int(s): np.unique(np.asarray(mesh.cells)[segs == s]) for s in np.unique(segs)}
+    out = []
+    for u in U:
+        rows = []
+        for s, v in verts.items():
+            R, _, rms = fit_rigid_motion(P[v] - u[v], P[v])
+            rv = Rotation.from_matrix(R).as_rotvec()
+            ang = float(np.degrees(np.linalg.norm(rv)))
+            axis = rv / np.linalg.norm(rv) if ang > 1e-9 else np.zeros(3)
+            rows.append({"segment": s, "rotation_deg": round(ang, 3), "axis": np.round(axis, 4).tolist(),
+                         "centroid_shift_A": round(float(np.linalg.norm(u[v].mean(0))) * apix, 3),
+                         "nonrigid_rms_A": round(rms * apix, 3),
+                         "max_shift_A": round(float(np.linalg.norm(u[v], axis=1).max()) * apix, 3)})
+        out.append({"segments": rows})
+    return out
+
+
 def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch: int | None = None,
                       refined: bool = False, interp: str = "cubic") -> Job:
     """Write volume series (module docstring). Returns {"series": [paths of series.npy], "epoch"}."""
@@ -109,6 +149,7 @@ def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     apix = float(mesh.psize_A) * mesh.N / model.D
+    train_apix = apix
     vol = None
     if highres is not None:
         vol, apix = read_mrc(highres)
@@ -137,9 +178,16 @@ def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch
             done += 1
             yield Progress(done, total, name)
         save_npy_atomic(sub / "series.npy", vols)
+        motion = segment_motions(model, mesh, lat, train_apix)
         write_text_atomic(sub / "series.json", json.dumps({
             "voxel_size_A": apix, "latents": lat.tolist(), "epoch": step, "run": str(Path(run).resolve()),
-            "map": str(highres) if highres else "canonical", "interp": interp}, indent=1))
+            "map": str(highres) if highres else "canonical", "interp": interp, "segment_motion": motion}, indent=1))
+        for row in motion[0]["segments"]:  # the largest swing along the series, per segment
+            s = row["segment"]
+            angs = [m["segments"][i]["rotation_deg"] for m in motion for i, r in enumerate(m["segments"])
+                    if r["segment"] == s]
+            yield Log("info", f"{name}: segment {s} rotates up to {max(angs):.1f}° from the canonical map "
+                              f"(rigid fit of its mesh vertices; series.json segment_motion)")
         written.append(sub / "series.npy")
         yield Artifact("series", sub / "series.npy")
     yield Log("info", f"{total} frames from epoch {step} in {out}")
