@@ -182,11 +182,9 @@ def flex_generate_job(run, out, frames: int = 41, path=None, highres=None, epoch
         write_text_atomic(sub / "series.json", json.dumps({
             "voxel_size_A": apix, "latents": lat.tolist(), "epoch": step, "run": str(Path(run).resolve()),
             "map": str(highres) if highres else "canonical", "interp": interp, "segment_motion": motion}, indent=1))
-        for row in motion[0]["segments"]:  # the largest swing along the series, per segment
-            s = row["segment"]
-            angs = [m["segments"][i]["rotation_deg"] for m in motion for i, r in enumerate(m["segments"])
-                    if r["segment"] == s]
-            yield Log("info", f"{name}: segment {s} rotates up to {max(angs):.1f}° from the canonical map "
+        for j, row in enumerate(motion[0]["segments"]):  # every frame lists the segments in one order
+            top = max(m["segments"][j]["rotation_deg"] for m in motion)
+            yield Log("info", f"{name}: segment {row['segment']} rotates up to {top:.1f}° from the canonical map "
                               f"(rigid fit of its mesh vertices; series.json segment_motion)")
         written.append(sub / "series.npy")
         yield Artifact("series", sub / "series.npy")

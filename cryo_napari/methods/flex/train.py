@@ -23,8 +23,9 @@ After the last epoch (``refine_z``, on by default) the latents are refined by th
 own likelihood, as ``cryo-napari refine-z RUN --box refine_box --centres refine_centres`` does:
 ``z.E.refined.npy``. The encoder's one-pass latent trails the posterior over the trained
 generator's maps; on the 4E43 benchmark (docs/flex.md) this took |ρ| from 0.39–0.80 to 0.79–0.82,
-in about the time of one training epoch (37 s and 61 s after 10 and 20 epochs of 47 s and 42 s). If it cannot run (e.g. the latents collapsed to one point)
-training still succeeds and a warning says why.
+in about the time of one training epoch (37 s and 61 s after 10 and 20 epochs of 47 s and 42 s).
+If it cannot run (e.g. the latents collapsed to one point) training still succeeds and a warning
+says why.
 """
 
 from __future__ import annotations
