@@ -105,6 +105,17 @@ def fitted_domain_rotation(model, mesh, zf, ok, angles, moved_dmask, vol, radius
     return {"frames": rows, "amplitude": amp}
 
 
+def latent_dilution(z, true_angle, zf, angles, ok) -> float:
+    """How much a generator that reproduced E[angle | z] exactly would under-turn the domain at the
+    frames' median latents, from the latent's scatter alone (regression dilution): the slope of the
+    true angle on the latent over particles / its slope over the frames' median latents (one latent
+    dimension, ``z`` (N,), ``zf`` (F,)). 1 for a noise-free latent; the fitted ``amplitude`` over this
+    is what the model itself loses."""
+    s_particles = np.polyfit(z, true_angle, 1)[0]
+    s_frames = np.polyfit(zf[ok], angles[ok], 1)[0]
+    return float(s_particles / s_frames)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", required=True)
@@ -238,6 +249,7 @@ def main(argv=None):
         d = model.displacements(torch.as_tensor(zf[ends].astype(np.float32))).numpy()
     move = np.linalg.norm(d[-1] - d[0], axis=1) if len(ends) == 2 else np.full(len(ijk), np.nan)
     canonical = model.V.detach().numpy()
+    dilution = latent_dilution(z[:, best], true_angle, zf[:, best], angles, ok)
     domain_rotation = fitted_domain_rotation(model, mesh, zf, ok, angles, moved_dmask, vol, a.domain_radius, domain)
     # "domain" masks: the frame-0 domain dilated (fixed; used up to 2026-12-01), and the domain where it
     # is in each frame (moved with it; the fixed mask scores a 60° swing partly on vacated solvent and
@@ -277,6 +289,8 @@ def main(argv=None):
             "n_swept": int(in_swept.sum()), "n_static": int(in_static.sum())},
         "domain_rotation_per_frame": domain_rotation["frames"],
         "domain_rotation_amplitude": domain_rotation["amplitude"],
+        "latent_dilution": dilution,
+        "domain_rotation_amplitude_over_dilution": domain_rotation["amplitude"] / dilution,
         "frame_of_zero_latent": f0, "angle_of_zero_latent": float(angles[f0]),
         "generated_vs_truth_domain_fsc_mean": {k: float(np.mean([g[k] for g in gen_fsc])) for k in ("low", "high")},
         "canonical_vs_truth_domain_fsc_mean": {k: float(np.mean([g[k] for g in can_fsc])) for k in ("low", "high")},
