@@ -208,6 +208,29 @@ def test_training_ends_with_refine_z_unless_told_not_to(flexdata, tmp_path, caps
     assert not RunDir(tmp_path / "run2").refined_latents_path(1).exists()
 
 
+def test_a_long_ramp_over_many_particles_warns_with_the_advice(flexdata, tmp_path, monkeypatch):
+    """More particle visits over the ramp than ``RAMP_VISITS_WARN`` (lowered here; 60,000 by default)
+    give one warning with the shorter ramp to use; a resumed run and a short ramp do not warn."""
+    from cryo_napari.methods.flex import train
+    from cryo_napari.methods.flex.train import flex_train_job
+
+    out, _ = flexdata
+    monkeypatch.setattr(train, "RAMP_VISITS_WARN", N)
+    cfg = dict(prep=out / "prep", mesh=out / "mesh.pkl", hidden=8, layers=1, batch_size=100, refine_z=False)
+
+    def warnings(**kw):
+        events = []
+        run_to_end(flex_train_job({**cfg, **kw}), events.append)
+        return [e.text for e in events if getattr(e, "level", "") == "warning"]
+
+    w = warnings(outdir=tmp_path / "long", epochs=2, extra_epochs=1)
+    assert len(w) == 1 and f"{N} particles × 2 ramp epochs = {2 * N:,} particle visits" in w[0]
+    assert w[0].endswith(f"--epochs {round(30_000 / N)} --extra-epochs 0")
+    assert warnings(outdir=tmp_path / "long", epochs=2, extra_epochs=2, load="latest") == []
+    assert warnings(outdir=tmp_path / "short", epochs=1) == []
+    assert "--epochs 3 --extra-epochs 7" in train.ramp_warning(10_000, 10, 0)
+
+
 def test_hand_built_mesh_dict_in_the_schema_trains(flexdata, tmp_path):
     """A custom mesh: one cube of 5 tetrahedra (not our 6-split) covering the central region."""
     out, _ = flexdata

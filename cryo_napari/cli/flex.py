@@ -55,7 +55,10 @@ def add_args(p):
     s.add_argument("--mesh", required=True, help="mesh pickle from 'flex mesh' (or cryoSPARC)")
     s.add_argument("-o", "--outdir", required=True, help="output RUN directory")
     s.add_argument("-K", type=int, default=2, help="latent dimensions (default 2)")
-    s.add_argument("--epochs", type=int, default=20, help="epochs of the annealing schedule (default 20)")
+    s.add_argument("--epochs", type=int, default=20,
+                   help="epochs of the annealing schedule (default 20); with many particles keep particles × epochs "
+                        "near 30,000–60,000 and add --extra-epochs (a longer ramp left 10,000 particles without the "
+                        "motion; docs/flex.md)")
     s.add_argument("--extra-epochs", type=int, default=0, help="epochs at the final settings (default 0)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--lr", type=float, default=5e-3, help="generator learning rate (default 5e-3)")

@@ -54,6 +54,10 @@ DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=
                 k_start=0.5, k_final=0.8, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128, enc_box=0,
                 refine_z=True, refine_box=None, refine_centres=64)
 LATENT_MODES = ("encoder", "autodecode")
+# particle visits over the learning-rate / loss-band ramp (particles × --epochs) above which a
+# 10,000-particle benchmark left the latent without the motion (100,000 failed twice; 30,000 and
+# 3,000 × 20 = 60,000 learned; docs/flex.md "10,000 particles: the ramp must be short")
+RAMP_VISITS_WARN = 60_000
 
 
 def load_mesh(mesh) -> TetraMesh:
@@ -152,6 +156,15 @@ def schedule(cfg: dict, epoch: int, D: int) -> tuple[float, float]:
     return cosine(1.0, 0.1, t), k0 + (k1 - k0) * t
 
 
+def ramp_warning(n: int, epochs: int, extra: int) -> str:
+    """The advice for a ramp of ``n`` × ``epochs`` particle visits above ``RAMP_VISITS_WARN``."""
+    ramp = max(2, round(30_000 / n))
+    return (f"{n} particles × {epochs} ramp epochs = {n * epochs:,} particle visits while the learning rates and "
+            f"the loss band ramp; on a 10,000-particle benchmark 100,000 left the latent without the motion and "
+            f"30,000 learned it (docs/flex.md). Consider --epochs {ramp} --extra-epochs "
+            f"{max(epochs + extra - ramp, 0)}")
+
+
 def flex_train_job(config: dict) -> Job:
     """Train (or resume) a flex model; returns {"epoch", "run", "z"}."""
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in DEFAULTS}}
@@ -193,6 +206,8 @@ def flex_train_job(config: dict) -> Job:
         run.write_config(cfg_out, KIND)
     total = cfg["epochs"] + cfg["extra_epochs"]
     n, B = len(data), cfg["batch_size"]
+    if start == 0 and n * cfg["epochs"] > RAMP_VISITS_WARN:
+        yield Log("warning", ramp_warning(n, cfg["epochs"], cfg["extra_epochs"]))
     g = torch.Generator().manual_seed(cfg["seed"] + start)
     yield Progress(start, total, "training")
     for epoch in range(start, total):
