@@ -225,10 +225,12 @@ def test_a_long_ramp_over_many_particles_warns_with_the_advice(flexdata, tmp_pat
 
     w = warnings(outdir=tmp_path / "long", epochs=2, extra_epochs=1)
     assert len(w) == 1 and f"{N} particles × 2 ramp epochs = {2 * N:,} particle visits" in w[0]
-    assert w[0].endswith(f"--epochs {round(30_000 / N)} --extra-epochs 0")
+    assert "Consider --epochs 2 --extra-epochs 1 (the schedule counts whole epochs" in w[0]  # never a longer ramp
     assert warnings(outdir=tmp_path / "long", epochs=2, extra_epochs=2, load="latest") == []
     assert warnings(outdir=tmp_path / "short", epochs=1) == []
-    assert "--epochs 3 --extra-epochs 7" in train.ramp_warning(10_000, 10, 0)
+    monkeypatch.setattr(train, "RAMP_VISITS_WARN", 60_000)
+    assert train.ramp_warning(10_000, 10, 0).endswith("Consider --epochs 3 --extra-epochs 7")
+    assert "longer than tested" in train.ramp_warning(100_000, 20, 0)
 
 
 def test_hand_built_mesh_dict_in_the_schema_trains(flexdata, tmp_path):

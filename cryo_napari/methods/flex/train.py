@@ -158,11 +158,13 @@ def schedule(cfg: dict, epoch: int, D: int) -> tuple[float, float]:
 
 def ramp_warning(n: int, epochs: int, extra: int) -> str:
     """The advice for a ramp of ``n`` × ``epochs`` particle visits above ``RAMP_VISITS_WARN``."""
-    ramp = max(2, round(30_000 / n))
-    return (f"{n} particles × {epochs} ramp epochs = {n * epochs:,} particle visits while the learning rates and "
+    ramp = min(epochs, max(2, round(30_000 / n)))
+    text = (f"{n} particles × {epochs} ramp epochs = {n * epochs:,} particle visits while the learning rates and "
             f"the loss band ramp; on a 10,000-particle benchmark 100,000 left the latent without the motion and "
-            f"30,000 learned it (docs/flex.md). Consider --epochs {ramp} --extra-epochs "
-            f"{max(epochs + extra - ramp, 0)}")
+            f"30,000 learned it (docs/flex.md). Consider --epochs {ramp} --extra-epochs {epochs + extra - ramp}")
+    if n * ramp > RAMP_VISITS_WARN:
+        text += " (the schedule counts whole epochs, so with this many particles even that ramp is longer than tested)"
+    return text
 
 
 def flex_train_job(config: dict) -> Job:
