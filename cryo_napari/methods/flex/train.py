@@ -58,6 +58,7 @@ LATENT_MODES = ("encoder", "autodecode")
 # 10,000-particle benchmark left the latent without the motion (100,000 failed twice; 30,000 and
 # 3,000 × 20 = 60,000 learned; docs/flex.md "10,000 particles: the ramp must be short")
 RAMP_VISITS_WARN = 60_000
+RAMP_VISITS_LEARNED = 30_000  # the ramp the warning suggests (3,000 × 10 and 10,000 × 3 learned)
 
 
 def load_mesh(mesh) -> TetraMesh:
@@ -158,7 +159,7 @@ def schedule(cfg: dict, epoch: int, D: int) -> tuple[float, float]:
 
 def ramp_warning(n: int, epochs: int, extra: int) -> str:
     """The advice for a ramp of ``n`` × ``epochs`` particle visits above ``RAMP_VISITS_WARN``."""
-    ramp = min(epochs, max(2, round(30_000 / n)))
+    ramp = min(epochs, max(2, round(RAMP_VISITS_LEARNED / n)))
     text = (f"{n} particles × {epochs} ramp epochs = {n * epochs:,} particle visits while the learning rates and "
             f"the loss band ramp; on a 10,000-particle benchmark 100,000 left the latent without the motion and "
             f"30,000 learned it (docs/flex.md). Consider --epochs {ramp} --extra-epochs {epochs + extra - ramp}")
