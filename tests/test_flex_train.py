@@ -208,29 +208,42 @@ def test_training_ends_with_refine_z_unless_told_not_to(flexdata, tmp_path, caps
     assert not RunDir(tmp_path / "run2").refined_latents_path(1).exists()
 
 
-def test_a_long_ramp_over_many_particles_warns_with_the_advice(flexdata, tmp_path, monkeypatch):
-    """More particle visits over the ramp than ``RAMP_VISITS_WARN`` (lowered here; 60,000 by default)
-    give one warning with the shorter ramp to use; a resumed run and a short ramp do not warn."""
+def test_the_ramp_is_capped_in_particle_visits_and_an_uncapped_long_ramp_warns(flexdata, tmp_path, monkeypatch):
+    """With ``ramp_visits`` shorter than the per-epoch ramp the learning rates and the loss band reach
+    their final settings after that many particle visits, advancing every batch; an uncapped ramp
+    longer than ``RAMP_VISITS_WARN`` warns once; a resumed run keeps the cap it was made with."""
     from cryo_napari.methods.flex import train
-    from cryo_napari.methods.flex.train import flex_train_job
+    from cryo_napari.methods.flex.train import flex_train_job, ramp_visits, schedule
+
+    cfg0 = dict(train.DEFAULTS, epochs=10)
+    assert ramp_visits(cfg0, 10_000) == 30_000 and ramp_visits(cfg0, 3_000) == 0  # 9 × 3,000 ≤ 30,000
+    assert ramp_visits(dict(cfg0, ramp_visits=0), 10_000) == 0
+    assert schedule(cfg0, 2, 64, 20_000, 30_000)[1] == pytest.approx(16 + 9.6 * 2 / 3)
+    assert schedule(cfg0, 5, 64, 50_000, 30_000) == schedule(cfg0, 9, 64)  # final settings
+    assert schedule(cfg0, 2, 64, 20_000, 0) == schedule(cfg0, 2, 64)  # uncapped: per epoch, as before
 
     out, _ = flexdata
-    monkeypatch.setattr(train, "RAMP_VISITS_WARN", N)
-    cfg = dict(prep=out / "prep", mesh=out / "mesh.pkl", hidden=8, layers=1, batch_size=100, refine_z=False)
+    cfg = dict(prep=out / "prep", mesh=out / "mesh.pkl", hidden=8, layers=1, batch_size=N // 4, refine_z=False)
 
-    def warnings(**kw):
+    def logs(**kw):
         events = []
         run_to_end(flex_train_job({**cfg, **kw}), events.append)
-        return [e.text for e in events if getattr(e, "level", "") == "warning"]
+        return [(e.level, e.text) for e in events if hasattr(e, "level")]
 
-    w = warnings(outdir=tmp_path / "long", epochs=2, extra_epochs=1)
-    assert len(w) == 1 and f"{N} particles × 2 ramp epochs = {2 * N:,} particle visits" in w[0]
-    assert "Consider --epochs 2 --extra-epochs 1 (the schedule counts whole epochs" in w[0]  # never a longer ramp
-    assert warnings(outdir=tmp_path / "long", epochs=2, extra_epochs=2, load="latest") == []
-    assert warnings(outdir=tmp_path / "short", epochs=1) == []
-    monkeypatch.setattr(train, "RAMP_VISITS_WARN", 60_000)
-    assert train.ramp_warning(10_000, 10, 0).endswith("Consider --epochs 3 --extra-epochs 7")
-    assert "longer than tested" in train.ramp_warning(100_000, 20, 0)
+    capped = logs(outdir=tmp_path / "capped", epochs=3, extra_epochs=1, ramp_visits=N // 2)
+    assert (f"ramp over the first {N // 2:,} particle visits (0.5 epochs of {N:,} particles), then 3.5 epochs"
+            in capped[0][1]) and capped[0][0] == "info"
+    rows = [json.loads(x) for x in (tmp_path / "capped" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr_factor"] for r in rows] == pytest.approx([0.1] * 4)  # final settings from visit N/2 on
+    assert rows[0]["k_max"] == pytest.approx(0.8 * train.FlexData(out / "prep").D / 2)
+
+    monkeypatch.setattr(train, "RAMP_VISITS_WARN", N)
+    w = [t for lvl, t in logs(outdir=tmp_path / "long", epochs=2, extra_epochs=1, ramp_visits=0) if lvl == "warning"]
+    assert len(w) == 1 and f"{N:,} particles × 2 ramp epochs = {2 * N:,} particle visits" in w[0]
+    assert "Consider --ramp-visits 30000" in w[0]
+    resumed = logs(outdir=tmp_path / "long", epochs=2, extra_epochs=2, load="latest", ramp_visits=N // 2)
+    assert [lvl for lvl, _ in resumed] == ["info"]  # only "resumed from": the run keeps its uncapped ramp
+    assert [lvl for lvl, _ in logs(outdir=tmp_path / "short", epochs=1, ramp_visits=0)] == []
 
 
 def test_hand_built_mesh_dict_in_the_schema_trains(flexdata, tmp_path):

@@ -56,10 +56,13 @@ def add_args(p):
     s.add_argument("-o", "--outdir", required=True, help="output RUN directory")
     s.add_argument("-K", type=int, default=2, help="latent dimensions (default 2)")
     s.add_argument("--epochs", type=int, default=20,
-                   help="epochs of the annealing schedule (default 20); with many particles keep particles × epochs "
-                        "near 30,000–60,000 and add --extra-epochs (a longer ramp left 10,000 particles without the "
-                        "motion; docs/flex.md)")
+                   help="epochs of the annealing schedule (default 20); with many particles its ramp is capped by "
+                        "--ramp-visits and the rest of these epochs run at the final settings")
     s.add_argument("--extra-epochs", type=int, default=0, help="epochs at the final settings (default 0)")
+    s.add_argument("--ramp-visits", type=int, default=30_000,
+                   help="cap the learning-rate / loss-band ramp at this many particle visits (default 30000; 0: "
+                        "ramp over all --epochs). A 100,000-visit ramp left 10,000 particles without the motion; "
+                        "docs/flex.md")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--lr", type=float, default=5e-3, help="generator learning rate (default 5e-3)")
     s.add_argument("--lr-map", type=float, default=0.02, help="canonical map learning rate × map std (default 0.02)")
@@ -171,7 +174,7 @@ def make_job(args):
         from cryo_napari.methods.flex.train import flex_train_job
 
         cfg = dict(prep=args.prep, mesh=args.mesh, outdir=args.outdir, K=args.K, epochs=args.epochs,
-                   extra_epochs=args.extra_epochs, batch_size=args.batch_size, lr=args.lr, lr_map=args.lr_map,
+                   extra_epochs=args.extra_epochs, ramp_visits=args.ramp_visits, batch_size=args.batch_size, lr=args.lr, lr_map=args.lr_map,
                    lr_z=args.lr_z, hidden=args.hidden, layers=args.layers, noise=args.noise,
                    center_lam=args.center_lam, rigidity=args.rigidity, load=args.load, seed=args.seed,
                    latent=args.latent, lr_enc=args.lr_enc, enc_hidden=args.enc_hidden,

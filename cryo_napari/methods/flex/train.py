@@ -13,7 +13,12 @@ encoder) were chosen by measurement on simulated hinges (docs/flex.md); cryoSPAR
 kept the latent from learning the motion there (the rigidity sum grows with the number of
 tetrahedra, and our data term is a per-particle Gaussian log-likelihood). Over ``epochs`` the learning rates anneal
 (cosine to 10 %) and the loss band ``k_max`` grows linearly from ``k_start`` (0.5) to 0.8 ×
-Nyquist of the training box; ``extra_epochs`` continue at the final settings.
+Nyquist of the training box; ``extra_epochs`` continue at the final settings. With many particles
+the ramp is capped at ``ramp_visits`` particle visits (30,000 by default; 0 turns the cap off): it
+then advances every batch and finishes inside the first few epochs (or the first epoch, for sets
+over 30,000), and the rest of ``epochs`` runs at the final settings. A 10-epoch ramp over 10,000
+particles (100,000 visits) left the latent without the motion in two seeds, while ramps of
+20,000–60,000 visits learned it (docs/flex.md "10,000 particles: the ramp must be short").
 
 Each epoch ``E`` (1-based) writes ``weights.E.pt`` and ``z.E.npy`` (N × K latents in PREP
 particle order), each atomically and then marked complete, plus a line of ``metrics.jsonl``.
@@ -51,14 +56,13 @@ from cryo_napari.methods.flex.prep import read_prep
 KIND = "flex-train"
 DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=5e-3,
                 lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.05, center_lam=1.0, rigidity=0.1,
-                k_start=0.5, k_final=0.8, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128, enc_box=0,
+                k_start=0.5, k_final=0.8, ramp_visits=30_000, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128, enc_box=0,
                 refine_z=True, refine_box=None, refine_centres=64)
 LATENT_MODES = ("encoder", "autodecode")
-# particle visits over the learning-rate / loss-band ramp (particles × --epochs) above which a
-# 10,000-particle benchmark left the latent without the motion (100,000 failed twice; 30,000 and
-# 3,000 × 20 = 60,000 learned; docs/flex.md "10,000 particles: the ramp must be short")
+# particle visits over an uncapped ramp (``ramp_visits=0``) above which `flex train` warns: a 10,000-particle
+# benchmark left the latent without the motion at 100,000 (twice) and learned it at 20,000 (10,000 × 2 in a
+# 3-epoch ramp) and at 3,000 × 10 and × 20 (docs/flex.md "10,000 particles: the ramp must be short")
 RAMP_VISITS_WARN = 60_000
-RAMP_VISITS_LEARNED = 30_000  # the ramp the warning suggests (3,000 × 10 and 10,000 × 3 learned)
 
 
 def load_mesh(mesh) -> TetraMesh:
@@ -149,23 +153,42 @@ def _optimizers(model: FlexModel, cfg: dict, v_scale: float):
     }
 
 
-def schedule(cfg: dict, epoch: int, D: int) -> tuple[float, float]:
-    """(learning-rate factor, k_max in cycles/box) for 0-based ``epoch``."""
-    E = max(cfg["epochs"], 1)
-    t = min(epoch / max(E - 1, 1), 1.0)
+def ramp_visits(cfg: dict, n: int) -> int:
+    """Particle visits of a capped ramp for ``n`` particles, or 0 when the ramp runs over all ``epochs``.
+
+    The per-epoch ramp reaches its final settings at the start of epoch ``epochs`` (after
+    ``(epochs − 1) × n`` visits); the cap applies only when ``cfg["ramp_visits"]`` is shorter.
+    """
+    cap = int(cfg.get("ramp_visits") or 0)
+    return cap if 0 < cap < max(cfg["epochs"] - 1, 1) * n else 0
+
+
+def schedule(cfg: dict, epoch: int, D: int, visits: int = 0, ramp: int = 0) -> tuple[float, float]:
+    """(learning-rate factor, k_max in cycles/box) for 0-based ``epoch``, or with a capped ``ramp``
+    (see ``ramp_visits``) after ``visits`` particle visits."""
+    if ramp > 0:
+        t = min(visits / ramp, 1.0)
+    else:
+        E = max(cfg["epochs"], 1)
+        t = min(epoch / max(E - 1, 1), 1.0)
     k0, k1 = cfg["k_start"] * D / 2, cfg["k_final"] * D / 2
     return cosine(1.0, 0.1, t), k0 + (k1 - k0) * t
 
 
-def ramp_warning(n: int, epochs: int, extra: int) -> str:
-    """The advice for a ramp of ``n`` × ``epochs`` particle visits above ``RAMP_VISITS_WARN``."""
-    ramp = min(epochs, max(2, round(RAMP_VISITS_LEARNED / n)))
-    text = (f"{n} particles × {epochs} ramp epochs = {n * epochs:,} particle visits while the learning rates and "
-            f"the loss band ramp; on a 10,000-particle benchmark 100,000 left the latent without the motion and "
-            f"30,000 learned it (docs/flex.md). Consider --epochs {ramp} --extra-epochs {epochs + extra - ramp}")
-    if n * ramp > RAMP_VISITS_WARN:
-        text += " (the schedule counts whole epochs, so with this many particles even that ramp is longer than tested)"
-    return text
+def ramp_message(n: int, cfg: dict) -> Log | None:
+    """What the schedule does with ``n`` particles: an info line for a capped ramp, a warning for an
+    uncapped one longer than ``RAMP_VISITS_WARN``, else None."""
+    ramp, E = ramp_visits(cfg, n), cfg["epochs"]
+    if ramp:
+        return Log("info", f"learning rates and loss band ramp over the first {ramp:,} particle visits "
+                           f"({ramp / n:.2g} epochs of {n:,} particles), then {E + cfg['extra_epochs'] - ramp / n:.3g} "
+                           f"epochs at the final settings (--ramp-visits)")
+    if n * E > RAMP_VISITS_WARN and not cfg.get("ramp_visits"):
+        return Log("warning", f"{n:,} particles × {E} ramp epochs = {n * E:,} particle visits while the learning "
+                              f"rates and the loss band ramp (--ramp-visits 0); on a 10,000-particle benchmark "
+                              f"100,000 left the latent without the motion and 30,000 learned it (docs/flex.md). "
+                              f"Consider --ramp-visits {DEFAULTS['ramp_visits']}")
+    return None
 
 
 def flex_train_job(config: dict) -> Job:
@@ -177,7 +200,9 @@ def flex_train_job(config: dict) -> Job:
     torch.manual_seed(cfg["seed"])
     run = RunDir(cfg["outdir"]).create()
     if cfg["load"] and (run.path / "config.yaml").exists():  # resume in the latent mode the run was made with
-        cfg["latent"] = run.read_config().get("latent", "autodecode")
+        saved = run.read_config()
+        cfg["latent"] = saved.get("latent", "autodecode")
+        cfg["ramp_visits"] = saved.get("ramp_visits", 0)  # runs made before the cap ramped over all epochs
     if cfg["latent"] not in LATENT_MODES:
         raise InputError("--latent", f"must be one of {', '.join(LATENT_MODES)}, got {cfg['latent']!r}")
     data = FlexData(cfg["prep"])
@@ -209,21 +234,23 @@ def flex_train_job(config: dict) -> Job:
         run.write_config(cfg_out, KIND)
     total = cfg["epochs"] + cfg["extra_epochs"]
     n, B = len(data), cfg["batch_size"]
-    if start == 0 and n * cfg["epochs"] > RAMP_VISITS_WARN:
-        yield Log("warning", ramp_warning(n, cfg["epochs"], cfg["extra_epochs"]))
+    ramp = ramp_visits(cfg, n)
+    msg = ramp_message(n, cfg)
+    if msg is not None and (start == 0 or msg.level == "info"):
+        yield msg
     g = torch.Generator().manual_seed(cfg["seed"] + start)
     yield Progress(start, total, "training")
     for epoch in range(start, total):
         t0 = time.time()
-        fac, kmax = schedule(cfg, epoch, data.D)
-        for k, o in opts.items():
-            base = {"gen": cfg["lr"], "map": cfg["lr_map"] * v_scale, "z": _z_lr(cfg)}[k]
-            for grp in o.param_groups:
-                grp["lr"] = base * fac
-        kmask = fourier_loss_mask(data.D, kmax)
         perm = torch.randperm(n, generator=g)
         sums = np.zeros(4)
+        kmax = None
         for b in range(0, n, B):
+            if b == 0 or ramp:
+                fac, k_new = schedule(cfg, epoch, data.D, epoch * n + b, ramp)
+                _set_learning_rates(opts, cfg, v_scale, fac)
+                if k_new != kmax:
+                    kmax, kmask = k_new, fourier_loss_mask(data.D, k_new)
             ii = perm[b : b + B]
             y, R, ctf = data.batch(ii)
             z = model.z_of(ii, data.images[ii])
@@ -265,6 +292,13 @@ def flex_train_job(config: dict) -> Job:
     if last and cfg["refine_z"]:
         out["z_refined"] = yield from _refine_final_latents(run.path, last, data.D, cfg)
     return out
+
+
+def _set_learning_rates(opts: dict, cfg: dict, v_scale: float, fac: float) -> None:
+    for k, o in opts.items():
+        base = {"gen": cfg["lr"], "map": cfg["lr_map"] * v_scale, "z": _z_lr(cfg)}[k]
+        for grp in o.param_groups:
+            grp["lr"] = base * fac
 
 
 def default_refine_box(D: int) -> int:
