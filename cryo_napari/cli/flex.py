@@ -174,7 +174,8 @@ def make_job(args):
         from cryo_napari.methods.flex.train import flex_train_job
 
         cfg = dict(prep=args.prep, mesh=args.mesh, outdir=args.outdir, K=args.K, epochs=args.epochs,
-                   extra_epochs=args.extra_epochs, ramp_visits=args.ramp_visits, batch_size=args.batch_size, lr=args.lr, lr_map=args.lr_map,
+                   extra_epochs=args.extra_epochs, ramp_visits=args.ramp_visits, batch_size=args.batch_size,
+                   lr=args.lr, lr_map=args.lr_map,
                    lr_z=args.lr_z, hidden=args.hidden, layers=args.layers, noise=args.noise,
                    center_lam=args.center_lam, rigidity=args.rigidity, load=args.load, seed=args.seed,
                    latent=args.latent, lr_enc=args.lr_enc, enc_hidden=args.enc_hidden,

@@ -56,8 +56,8 @@ from cryo_napari.methods.flex.prep import read_prep
 KIND = "flex-train"
 DEFAULTS = dict(prep=None, mesh=None, outdir=None, K=2, epochs=20, extra_epochs=0, batch_size=32, lr=5e-3,
                 lr_map=0.02, lr_z=0.1, hidden=64, layers=6, noise=0.05, center_lam=1.0, rigidity=0.1,
-                k_start=0.5, k_final=0.8, ramp_visits=30_000, load=None, seed=0, latent="encoder", lr_enc=3e-3, enc_hidden=128, enc_box=0,
-                refine_z=True, refine_box=None, refine_centres=64)
+                k_start=0.5, k_final=0.8, ramp_visits=30_000, load=None, seed=0, latent="encoder", lr_enc=3e-3,
+                enc_hidden=128, enc_box=0, refine_z=True, refine_box=None, refine_centres=64)
 LATENT_MODES = ("encoder", "autodecode")
 # particle visits over an uncapped ramp (``ramp_visits=0``) above which `flex train` warns: a 10,000-particle
 # benchmark left the latent without the motion at 100,000 (twice) and learned it at 20,000 (10,000 × 2 in a
