@@ -218,6 +218,7 @@ def test_the_ramp_is_capped_in_particle_visits_and_an_uncapped_long_ramp_warns(f
     cfg0 = dict(train.DEFAULTS, epochs=10)
     assert ramp_visits(cfg0, 10_000) == 30_000 and ramp_visits(cfg0, 3_000) == 0  # 9 × 3,000 ≤ 30,000
     assert ramp_visits(dict(cfg0, ramp_visits=0), 10_000) == 0
+    assert "(1 epoch of 30,000 particles), then 3 epochs" in train.ramp_message(30_000, dict(cfg0, epochs=4)).text
     assert schedule(cfg0, 2, 64, 20_000, 30_000)[1] == pytest.approx(16 + 9.6 * 2 / 3)
     assert schedule(cfg0, 5, 64, 50_000, 30_000) == schedule(cfg0, 9, 64)  # final settings
     assert schedule(cfg0, 2, 64, 20_000, 0) == schedule(cfg0, 2, 64)  # uncapped: per epoch, as before

@@ -180,8 +180,9 @@ def ramp_message(n: int, cfg: dict) -> Log | None:
     uncapped one longer than ``RAMP_VISITS_WARN``, else None."""
     ramp, E = ramp_visits(cfg, n), cfg["epochs"]
     if ramp:
+        rest = E + cfg["extra_epochs"] - ramp / n
         return Log("info", f"learning rates and loss band ramp over the first {ramp:,} particle visits "
-                           f"({ramp / n:.2g} epochs of {n:,} particles), then {E + cfg['extra_epochs'] - ramp / n:.3g} "
+                           f"({ramp / n:.2g} epoch{'' if ramp == n else 's'} of {n:,} particles), then {rest:.3g} "
                            f"epochs at the final settings (--ramp-visits)")
     if n * E > RAMP_VISITS_WARN and not cfg.get("ramp_visits"):
         return Log("warning", f"{n:,} particles × {E} ramp epochs = {n * E:,} particle visits while the learning "
